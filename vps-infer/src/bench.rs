@@ -1,0 +1,155 @@
+//! `vps-infer bench`: what a keystroke costs. Runs the engine in-process (no HTTP) on
+//! a real source file cut to about 1,500 tokens: once cold, then after a one-character
+//! edit at the cursor, and prints prompt tok/s, generation tok/s and time to first token.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::engine::{self, Engine, GenerateRequest, Outcome, PromptParts, Sampling};
+use crate::error::ApiError;
+use crate::guard::ResourceGuard;
+use crate::stats::Stats;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Characters of source to use as the prompt (about 3.5 per token for code).
+    #[arg(long, default_value_t = 5600)]
+    pub prompt_chars: usize,
+    /// Tokens to generate per request.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: u32,
+    /// Repetitions; the medians are printed.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+/// Real code to complete: this repository's model fetch script, repeated if need be.
+const SOURCE: &str = include_str!("../../scripts/fetch-model");
+
+pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    config.guard.max_cpu_percent = 100.0;
+    config.guard.min_free_memory_mb = 0;
+    let stats = Arc::new(Stats::default());
+    let guard = ResourceGuard::start(config.guard);
+    let engine = Engine::start(&config, stats, guard)?;
+    let model = config.default_model.clone();
+    let threads = config.models[&model].threads;
+    println!(
+        "model {model} ({}), {threads} threads, ctx {}",
+        config.models[&model].path.display(),
+        config.models[&model].ctx_size
+    );
+
+    let text: String = SOURCE.chars().cycle().take(args.prompt_chars).collect();
+    // The cursor sits in the last line; a short suffix follows it, as in an editor.
+    let cut = text[..text.len() - 120]
+        .rfind('\n')
+        .map_or(text.len() / 2, |i| i + 9);
+    let (prefix, suffix) = text.split_at(cut);
+
+    // Load the model outside the measurements.
+    let warm = request(&model, "def warm():", None, 1);
+    engine::collect(engine.generate(warm)?).await?;
+
+    let mut cold = Vec::new();
+    let mut edit = Vec::new();
+    let mut fim = true;
+    for run in 0..args.runs {
+        // A different first line makes the whole prompt new to the cache.
+        let cold_prefix = format!("# bench run {run}\n{prefix}");
+        let edited_prefix = format!("{cold_prefix}x");
+        let (c, used_fim) =
+            complete(&engine, &model, &cold_prefix, suffix, fim, args.max_tokens).await?;
+        fim = used_fim;
+        let (e, _) = complete(
+            &engine,
+            &model,
+            &edited_prefix,
+            suffix,
+            fim,
+            args.max_tokens,
+        )
+        .await?;
+        cold.push(c);
+        edit.push(e);
+    }
+    println!(
+        "layout: {}",
+        if fim {
+            "fill-in-the-middle"
+        } else {
+            "plain prompt (model has no FIM tokens)"
+        }
+    );
+    println!(
+        "{:<22} {:>10} {:>8} {:>9} {:>13} {:>9} {:>10}",
+        "case", "prompt_tok", "cached", "eval_s", "prompt_tok/s", "ttft_s", "gen_tok/s"
+    );
+    for (name, rows) in [("cold", &cold), ("after 1-char edit", &edit)] {
+        let eval = median(rows.iter().map(|o| o.prompt_eval_time));
+        let evaluated = median(
+            rows.iter()
+                .map(|o| (o.prompt_tokens - o.cached_tokens) as f64),
+        );
+        println!(
+            "{:<22} {:>10} {:>8} {:>9.3} {:>13.1} {:>9.3} {:>10.1}",
+            name,
+            rows[0].prompt_tokens,
+            rows[0].cached_tokens,
+            eval,
+            evaluated / eval.max(1e-9),
+            median(rows.iter().map(|o| o.time_to_first_token)),
+            median(rows.iter().map(|o| o.tokens_per_second)),
+        );
+    }
+    Ok(())
+}
+
+async fn complete(
+    engine: &Engine,
+    model: &str,
+    prefix: &str,
+    suffix: &str,
+    fim: bool,
+    max_tokens: u32,
+) -> anyhow::Result<(Outcome, bool)> {
+    if fim {
+        match engine::collect(engine.generate(request(model, prefix, Some(suffix), max_tokens))?)
+            .await
+        {
+            Ok(o) => return Ok((o, true)),
+            Err(ApiError::InvalidRequest(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let o = engine::collect(engine.generate(request(model, prefix, None, max_tokens))?).await?;
+    Ok((o, false))
+}
+
+fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        model: model.to_string(),
+        parts: PromptParts {
+            prompt: prompt.to_string(),
+            suffix: suffix.map(str::to_string),
+            extra: Vec::new(),
+        },
+        sampling: Sampling {
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            seed: 0,
+        },
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}

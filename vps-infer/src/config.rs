@@ -1,0 +1,420 @@
+//! One typed configuration: defaults < TOML file < `CEREBRUM_*` environment < flags,
+//! validated once at start with messages that name the bad field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None` only on a loopback address: then every request is let through.
+    pub api_key: Option<String>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub default_model: String,
+    pub idle_unload: Duration,
+    pub guard: GuardConfig,
+    /// Requests that may wait for the engine; one more gets a 503.
+    pub queue_size: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    pub ctx_size: u32,
+    pub threads: u32,
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GuardConfig {
+    /// Refuse when the CPU used by *other* processes exceeds this share of the machine.
+    pub max_cpu_percent: f32,
+    /// Refuse when less memory than this is available.
+    pub min_free_memory_mb: u64,
+}
+
+/// What the TOML file may hold; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub default_model: Option<String>,
+    pub threads: Option<u32>,
+    pub ctx_size: Option<u32>,
+    pub batch_size: Option<u32>,
+    pub idle_unload_secs: Option<u64>,
+    pub queue_size: Option<usize>,
+    #[serde(default)]
+    pub guard: FileGuard,
+    #[serde(default)]
+    pub models: BTreeMap<String, FileModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGuard {
+    pub max_cpu_percent: Option<f32>,
+    pub min_free_memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileModel {
+    pub path: PathBuf,
+    pub ctx_size: Option<u32>,
+    pub threads: Option<u32>,
+}
+
+/// The command-line layer (filled by clap in `main.rs`).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub models: Vec<String>,
+    pub default_model: Option<String>,
+    pub threads: Option<u32>,
+    pub ctx_size: Option<u32>,
+    pub api_key_file: Option<PathBuf>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+
+impl Config {
+    /// Builds the configuration from its layers. `env` is a lookup so tests need not
+    /// touch the process environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: Overrides,
+    ) -> anyhow::Result<Config> {
+        let file_cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let base_dir = file.and_then(Path::parent).unwrap_or(Path::new("."));
+
+        let listen = pick(flags.listen, env("CEREBRUM_LISTEN"), file_cfg.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("listen: {listen:?} is not an address like 127.0.0.1:9000"))?;
+
+        let threads = match pick_parsed(
+            "threads",
+            flags.threads,
+            env("CEREBRUM_THREADS"),
+            file_cfg.threads,
+        )? {
+            Some(0) => bail!("threads: must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+        };
+        let ctx_size = pick_parsed(
+            "ctx_size",
+            flags.ctx_size,
+            env("CEREBRUM_CTX_SIZE"),
+            file_cfg.ctx_size,
+        )?
+        .unwrap_or(4096);
+        if !(256..=131_072).contains(&ctx_size) {
+            bail!("ctx_size: {ctx_size} is outside 256..=131072");
+        }
+        let batch_size = pick_parsed(
+            "batch_size",
+            None,
+            env("CEREBRUM_BATCH_SIZE"),
+            file_cfg.batch_size,
+        )?
+        .unwrap_or(512)
+        .clamp(32, ctx_size);
+
+        let mut models = BTreeMap::new();
+        let mut first_model = None;
+        for (name, m) in file_cfg.models {
+            let path = resolve(base_dir, &m.path);
+            first_model.get_or_insert_with(|| name.clone());
+            models.insert(
+                name,
+                ModelConfig {
+                    path,
+                    ctx_size: m.ctx_size.unwrap_or(ctx_size),
+                    threads: m.threads.unwrap_or(threads),
+                    batch_size,
+                },
+            );
+        }
+        // Flags come last and so win; the first flag model is the default when none is named.
+        let mut first_flag_model = None;
+        for spec in &flags.models {
+            let Some((name, path)) = spec.split_once('=') else {
+                bail!("--model: expected NAME=PATH, got {spec:?}");
+            };
+            if name.is_empty() || path.is_empty() {
+                bail!("--model: expected NAME=PATH, got {spec:?}");
+            }
+            first_flag_model.get_or_insert_with(|| name.to_string());
+            models.insert(
+                name.to_string(),
+                ModelConfig {
+                    path: PathBuf::from(path),
+                    ctx_size,
+                    threads,
+                    batch_size,
+                },
+            );
+        }
+        if models.is_empty() {
+            bail!("models: no model configured; pass --model NAME=PATH or add [models.NAME] to the config file");
+        }
+        for (name, m) in &models {
+            if !m.path.is_file() {
+                bail!("models.{name}.path: {} is not a file", m.path.display());
+            }
+        }
+        let default_model = pick(
+            flags.default_model,
+            env("CEREBRUM_DEFAULT_MODEL"),
+            file_cfg.default_model,
+        )
+        .or(first_flag_model)
+        .or(first_model)
+        .unwrap_or_default();
+        if !models.contains_key(&default_model) {
+            bail!(
+                "default_model: {default_model:?} is not among the configured models ({})",
+                models.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+
+        let key_file = flags
+            .api_key_file
+            .or_else(|| env("CEREBRUM_API_KEY_FILE").map(PathBuf::from))
+            .or(file_cfg.api_key_file.map(|p| resolve(base_dir, &p)));
+        let api_key = match (env("CEREBRUM_API_KEY"), key_file, file_cfg.api_key) {
+            (Some(key), _, _) => Some(key),
+            (None, Some(path), _) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("api_key_file: cannot read {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None, key) => key,
+        }
+        .filter(|k| !k.is_empty());
+        if api_key.is_none() && !listen.ip().is_loopback() {
+            bail!("api_key: listening on {listen}, which is not loopback, needs an API key (CEREBRUM_API_KEY or --api-key-file)");
+        }
+
+        let idle_unload_secs = pick_parsed(
+            "idle_unload_secs",
+            None,
+            env("CEREBRUM_IDLE_UNLOAD_SECS"),
+            file_cfg.idle_unload_secs,
+        )?
+        .unwrap_or(3600);
+        let queue_size = pick_parsed(
+            "queue_size",
+            None,
+            env("CEREBRUM_QUEUE_SIZE"),
+            file_cfg.queue_size,
+        )?
+        .unwrap_or(8);
+        let max_cpu_percent = pick_parsed(
+            "guard.max_cpu_percent",
+            None,
+            env("CEREBRUM_GUARD_MAX_CPU_PERCENT"),
+            file_cfg.guard.max_cpu_percent,
+        )?
+        .unwrap_or(70.0);
+        if !(0.0..=100.0).contains(&max_cpu_percent) {
+            bail!("guard.max_cpu_percent: {max_cpu_percent} is outside 0..=100");
+        }
+        let min_free_memory_mb = pick_parsed(
+            "guard.min_free_memory_mb",
+            None,
+            env("CEREBRUM_GUARD_MIN_FREE_MEMORY_MB"),
+            file_cfg.guard.min_free_memory_mb,
+        )?
+        .unwrap_or(1024);
+
+        Ok(Config {
+            listen,
+            api_key,
+            models,
+            default_model,
+            idle_unload: Duration::from_secs(idle_unload_secs),
+            guard: GuardConfig {
+                max_cpu_percent,
+                min_free_memory_mb,
+            },
+            queue_size,
+            max_body_bytes: 64 * 1024,
+        })
+    }
+}
+
+fn pick(flag: Option<String>, env: Option<String>, file: Option<String>) -> Option<String> {
+    flag.or(env).or(file)
+}
+
+/// The first layer that is set, with the environment's text parsed; a bad value names
+/// its field.
+fn pick_parsed<T: std::str::FromStr>(
+    field: &str,
+    flag: Option<T>,
+    env: Option<String>,
+    file: Option<T>,
+) -> anyhow::Result<Option<T>> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    if let Some(text) = env {
+        return match text.trim().parse() {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => bail!("{field}: {text:?} (from the environment) is not a valid value"),
+        };
+    }
+    Ok(file)
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn model_file() -> (PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("vps-infer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        std::fs::write(&path, b"GGUF").unwrap();
+        let s = path.display().to_string();
+        (path, s)
+    }
+
+    #[test]
+    fn flags_win_over_env_and_file() {
+        let (_p, path) = model_file();
+        let dir = std::env::temp_dir().join(format!("vps-infer-cfg-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            format!("listen = \"127.0.0.1:1\"\nthreads = 3\n[models.a]\npath = \"{path}\"\n"),
+        )
+        .unwrap();
+        let env = env_of(&[
+            ("CEREBRUM_LISTEN", "127.0.0.1:2"),
+            ("CEREBRUM_THREADS", "5"),
+        ]);
+        let cfg = Config::load(
+            Some(&file),
+            &env,
+            Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 3);
+        assert_eq!(cfg.models["a"].threads, 5);
+        assert_eq!(cfg.default_model, "a");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let (_p, path) = model_file();
+        let model = format!("m={path}");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CEREBRUM_THREADS", "two")], "threads"),
+            (
+                &[("CEREBRUM_GUARD_MAX_CPU_PERCENT", "170")],
+                "guard.max_cpu_percent",
+            ),
+            (&[("CEREBRUM_DEFAULT_MODEL", "nope")], "default_model"),
+            (&[("CEREBRUM_LISTEN", "0.0.0.0:9000")], "api_key"),
+            (&[("CEREBRUM_CTX_SIZE", "10")], "ctx_size"),
+        ];
+        for (pairs, field) in cases {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            let env = move |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let err = Config::load(
+                None,
+                &env,
+                Overrides {
+                    models: vec![model.clone()],
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.starts_with(field), "{field}: {msg}");
+        }
+    }
+
+    #[test]
+    fn model_flag_needs_name_and_existing_path() {
+        let env = env_of(&[]);
+        let err = Config::load(
+            None,
+            &env,
+            Overrides {
+                models: vec!["x".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{err}").contains("NAME=PATH"));
+        let err = Config::load(
+            None,
+            &env,
+            Overrides {
+                models: vec!["x=/nonexistent.gguf".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{err}").contains("models.x.path"));
+    }
+
+    #[test]
+    fn unknown_file_field_is_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("vps-infer-cfg-unknown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "lissten = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file), &env_of(&[]), Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("lissten"), "{err:#}");
+    }
+}

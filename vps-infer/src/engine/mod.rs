@@ -1,0 +1,254 @@
+//! The inference engine: one thread owns llama.cpp (backend, model, context) and works
+//! through jobs that async handlers send it over a channel.
+//!
+//! Handlers never block on a decode: they submit a [`Job`] and read its [`Event`]s from
+//! a tokio channel. Dropping that receiver (a client went away) cancels the job within
+//! one token.
+
+pub mod prompt;
+pub mod text;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, ModelConfig};
+use crate::error::ApiError;
+use crate::guard::ResourceGuard;
+use crate::stats::Stats;
+pub use prompt::{Extra, PromptParts};
+
+/// Sampling and stopping parameters of one request.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub max_tokens: u32,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub stop: Vec<String>,
+    pub seed: u32,
+}
+
+/// One generation request, validated.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub model: String,
+    pub parts: PromptParts,
+    pub sampling: Sampling,
+}
+
+/// What a job reports, in order: `Started`, any number of `Token`s, then `Done` or
+/// `Error`.
+#[derive(Debug)]
+pub enum Event {
+    Started {
+        prompt_tokens: usize,
+        cached_tokens: usize,
+    },
+    Token(String),
+    Done(Outcome),
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    Eos,
+    Length,
+    Stop,
+    Cancelled,
+}
+
+/// The statistics of a finished generation (the non-streamed answer, and the last SSE
+/// event).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub text: String,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    /// Tokens generated.
+    pub total_tokens: usize,
+    /// Seconds from the engine taking the job to its end, model load excluded.
+    pub inference_time: f64,
+    /// Generation speed, prompt evaluation excluded.
+    pub tokens_per_second: f64,
+    /// Seconds spent evaluating the prompt tokens that were not cached.
+    pub prompt_eval_time: f64,
+    /// Seconds from the engine taking the job to the first generated token.
+    pub time_to_first_token: f64,
+    pub stop_reason: StopReason,
+}
+
+pub(crate) struct Job {
+    request: GenerateRequest,
+    events: mpsc::Sender<Event>,
+}
+
+pub(crate) enum Command {
+    Generate(Job),
+    Unload(oneshot::Sender<UnloadReport>),
+}
+
+/// What `/v1/cleanup` freed.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct UnloadReport {
+    pub unloaded: Option<String>,
+    pub freed_bytes: u64,
+    pub freed_mb: f64,
+}
+
+/// The engine's state as `/health` and `/v1/models` see it, without asking the thread.
+#[derive(Debug, Default, Clone)]
+pub struct EngineStatus {
+    pub loaded: Option<String>,
+    pub loading: Option<String>,
+    pub last_load_error: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub status: Mutex<EngineStatus>,
+    pub stats: Arc<Stats>,
+    pub guard: Arc<ResourceGuard>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub idle_unload: Duration,
+    /// Jobs submitted and not yet taken by the engine thread.
+    pub queued: AtomicUsize,
+}
+
+impl Shared {
+    fn set_status(&self, f: impl FnOnce(&mut EngineStatus)) {
+        if let Ok(mut status) = self.status.lock() {
+            f(&mut status);
+        }
+    }
+}
+
+/// A cheap handle to the engine thread.
+#[derive(Clone)]
+pub struct Engine {
+    tx: std_mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    queue_size: usize,
+    default_model: String,
+}
+
+impl Engine {
+    /// Starts the engine thread. llama.cpp's backend is initialised there, once.
+    pub fn start(
+        config: &Config,
+        stats: Arc<Stats>,
+        guard: Arc<ResourceGuard>,
+    ) -> anyhow::Result<Engine> {
+        let (tx, rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared {
+            status: Mutex::new(EngineStatus::default()),
+            stats,
+            guard,
+            models: config.models.clone(),
+            idle_unload: config.idle_unload,
+            queued: AtomicUsize::new(0),
+        });
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let worker_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("llama-engine".into())
+            .spawn(move || worker::run(rx, worker_shared, ready_tx))?;
+        // Backend initialisation errors are startup errors.
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the engine thread died while starting"))??;
+        Ok(Engine {
+            tx,
+            shared,
+            queue_size: config.queue_size,
+            default_model: config.default_model.clone(),
+        })
+    }
+
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    pub fn models(&self) -> &BTreeMap<String, ModelConfig> {
+        &self.shared.models
+    }
+
+    /// Requests submitted and not yet taken by the engine thread.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        self.shared
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Queues a generation; its events arrive on the returned channel. Refuses at once
+    /// (503) when the queue of waiting requests is full.
+    pub fn generate(&self, request: GenerateRequest) -> Result<mpsc::Receiver<Event>, ApiError> {
+        if !self.shared.models.contains_key(&request.model) {
+            return Err(ApiError::NotFound(format!(
+                "model {:?} is not configured; see GET /v1/models",
+                request.model
+            )));
+        }
+        let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.queue_size {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            Stats::add(&self.shared.stats.rejected_queue_full, 1);
+            return Err(ApiError::unavailable(
+                format!("server busy: {queued} requests are already waiting"),
+                2,
+            ));
+        }
+        // Room for a burst of tokens; the engine waits when a client reads slowly.
+        let (events, rx) = mpsc::channel(256);
+        self.shared.stats.touch();
+        if self
+            .tx
+            .send(Command::Generate(Job { request, events }))
+            .is_err()
+        {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Server("the inference engine has stopped".into()));
+        }
+        Ok(rx)
+    }
+
+    /// Unloads the model now (after the job in progress, if any).
+    pub async fn unload(&self) -> Result<UnloadReport, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Unload(reply))
+            .map_err(|_| ApiError::Server("the inference engine has stopped".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Server("the inference engine has stopped".into()))
+    }
+}
+
+/// Runs one request to the end and collects its text (for callers that do not stream).
+pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Outcome, ApiError> {
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Done(outcome) => return Ok(outcome),
+            Event::Error(e) => return Err(e),
+            Event::Started { .. } | Event::Token(_) => {}
+        }
+    }
+    Err(ApiError::Server(
+        "the inference engine dropped the request".into(),
+    ))
+}
+
+pub(crate) fn since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}

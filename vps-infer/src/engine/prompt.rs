@@ -1,0 +1,221 @@
+//! The token layout of a request: context chunks first, then the code before the
+//! cursor, then (fill-in-the-middle) the code after it.
+//!
+//! The order is chosen for the KV cache: what changes least comes first, so a keystroke
+//! at the cursor leaves every token before it in place and only the tail is evaluated
+//! again. Text from the client is tokenized with special-token parsing off, so a file
+//! that contains `<|endoftext|>` cannot forge control tokens.
+
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::vocab::LlamaVocab;
+
+use crate::error::ApiError;
+
+/// A context chunk placed before the prompt.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Extra {
+    pub label: String,
+    pub text: String,
+}
+
+/// The parts of a prompt, as the client sent them.
+#[derive(Debug, Clone, Default)]
+pub struct PromptParts {
+    pub prompt: String,
+    /// Set for a fill-in-the-middle request.
+    pub suffix: Option<String>,
+    pub extra: Vec<Extra>,
+}
+
+/// The special tokens of a model's fill-in-the-middle format, if it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct FimTokens {
+    pub prefix: LlamaToken,
+    pub suffix: LlamaToken,
+    pub middle: LlamaToken,
+    /// Separates files in the repository-level format (`<|file_sep|>`), if present.
+    pub file_sep: Option<LlamaToken>,
+}
+
+const NULL_TOKEN: LlamaToken = LlamaToken(-1);
+
+impl FimTokens {
+    pub fn of(vocab: &LlamaVocab<'_>) -> Option<FimTokens> {
+        let (prefix, suffix, middle) = (vocab.fim_pre(), vocab.fim_suf(), vocab.fim_mid());
+        if [prefix, suffix, middle].contains(&NULL_TOKEN) {
+            return None;
+        }
+        let sep = vocab.fim_sep();
+        Some(FimTokens {
+            prefix,
+            suffix,
+            middle,
+            file_sep: (sep != NULL_TOKEN).then_some(sep),
+        })
+    }
+}
+
+/// Something that turns text into tokens (the model's vocabulary; a stub in tests).
+pub trait Tokenize {
+    fn tokenize(&self, text: &str) -> Vec<LlamaToken>;
+    fn bos(&self) -> Option<LlamaToken>;
+}
+
+impl Tokenize for LlamaVocab<'_> {
+    fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        LlamaVocab::tokenize(self, text.as_bytes(), false, false)
+    }
+
+    fn bos(&self) -> Option<LlamaToken> {
+        self.should_add_bos().then(|| LlamaVocab::bos(self))
+    }
+}
+
+/// Builds the token sequence for `parts`. A suffix needs FIM tokens: a model without
+/// them cannot do fill-in-the-middle, and the client is told so.
+pub fn layout(
+    vocab: &impl Tokenize,
+    fim: Option<FimTokens>,
+    model_name: &str,
+    parts: &PromptParts,
+) -> Result<Vec<LlamaToken>, ApiError> {
+    let mut tokens = Vec::with_capacity(parts.prompt.len() / 3 + 16);
+    tokens.extend(vocab.bos());
+    let file_sep = fim.and_then(|f| f.file_sep);
+    for chunk in &parts.extra {
+        match file_sep {
+            Some(sep) => {
+                tokens.push(sep);
+                tokens.extend(vocab.tokenize(&format!("{}\n{}\n", chunk.label, chunk.text)));
+            }
+            None => tokens.extend(vocab.tokenize(&format!("{}\n\n", chunk.text))),
+        }
+    }
+    match &parts.suffix {
+        None => {
+            if let (Some(sep), false) = (file_sep, parts.extra.is_empty()) {
+                // Close the last context file before the text to continue.
+                tokens.push(sep);
+            }
+            tokens.extend(vocab.tokenize(&parts.prompt));
+        }
+        Some(suffix) => {
+            let Some(fim) = fim else {
+                return Err(ApiError::InvalidRequest(format!(
+                    "model {model_name:?} has no fill-in-the-middle tokens, so `suffix` cannot be used with it; send the prompt alone or use a model with FIM (e.g. Qwen2.5-Coder)"
+                )));
+            };
+            if let (Some(sep), false) = (fim.file_sep, parts.extra.is_empty()) {
+                tokens.push(sep);
+            }
+            tokens.push(fim.prefix);
+            tokens.extend(vocab.tokenize(&parts.prompt));
+            tokens.push(fim.suffix);
+            tokens.extend(vocab.tokenize(suffix));
+            tokens.push(fim.middle);
+        }
+    }
+    if tokens.is_empty() {
+        return Err(ApiError::InvalidRequest("prompt: must not be empty".into()));
+    }
+    Ok(tokens)
+}
+
+/// Length of the common prefix of the cached tokens and the new prompt.
+pub fn common_prefix(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One token per byte, offset so that they never collide with the special ones.
+    struct Bytes;
+    impl Tokenize for Bytes {
+        fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+            text.bytes().map(|b| LlamaToken(1000 + b as i32)).collect()
+        }
+        fn bos(&self) -> Option<LlamaToken> {
+            None
+        }
+    }
+
+    const FIM: FimTokens = FimTokens {
+        prefix: LlamaToken(1),
+        suffix: LlamaToken(2),
+        middle: LlamaToken(3),
+        file_sep: Some(LlamaToken(4)),
+    };
+
+    fn render(tokens: &[LlamaToken]) -> String {
+        tokens
+            .iter()
+            .map(|t| match t.0 {
+                1 => "<PRE>".to_string(),
+                2 => "<SUF>".to_string(),
+                3 => "<MID>".to_string(),
+                4 => "<SEP>".to_string(),
+                n => ((n - 1000) as u8 as char).to_string(),
+            })
+            .collect()
+    }
+
+    fn parts(prompt: &str, suffix: Option<&str>) -> PromptParts {
+        PromptParts {
+            prompt: prompt.into(),
+            suffix: suffix.map(Into::into),
+            extra: vec![Extra {
+                label: "a.py::f".into(),
+                text: "def f(): pass".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn fim_layout_puts_context_first_then_prefix_suffix_middle() {
+        let t = layout(&Bytes, Some(FIM), "m", &parts("x = ", Some("\ny"))).unwrap();
+        assert_eq!(
+            render(&t),
+            "<SEP>a.py::f\ndef f(): pass\n<SEP><PRE>x = <SUF>\ny<MID>"
+        );
+    }
+
+    #[test]
+    fn a_keystroke_at_the_cursor_keeps_everything_before_it() {
+        let a = layout(&Bytes, Some(FIM), "m", &parts("def g(x", Some(")\n"))).unwrap();
+        let b = layout(&Bytes, Some(FIM), "m", &parts("def g(xs", Some(")\n"))).unwrap();
+        let shared = common_prefix(&a, &b);
+        assert_eq!(
+            render(&a[..shared]),
+            "<SEP>a.py::f\ndef f(): pass\n<SEP><PRE>def g(x"
+        );
+    }
+
+    #[test]
+    fn suffix_without_fim_tokens_is_a_clear_error() {
+        let err = layout(&Bytes, None, "smol", &parts("x", Some("y"))).unwrap_err();
+        assert_eq!(err.kind(), "invalid_request_error");
+        assert!(err.to_string().contains("fill-in-the-middle"), "{err}");
+    }
+
+    #[test]
+    fn plain_prompt_without_fim_keeps_context_as_text() {
+        let t = layout(&Bytes, None, "m", &parts("print(", None)).unwrap();
+        assert_eq!(render(&t), "def f(): pass\n\nprint(");
+    }
+
+    #[test]
+    fn empty_prompt_is_refused() {
+        let p = PromptParts::default();
+        assert!(layout(&Bytes, None, "m", &p).is_err());
+    }
+}

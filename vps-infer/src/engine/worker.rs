@@ -1,0 +1,456 @@
+//! The engine thread: owns the llama.cpp backend, the loaded model and its context.
+//!
+//! One model at a time. It is loaded by the first job that asks for it (later jobs
+//! queue behind that load, so concurrent first requests load it once), switched when a
+//! job asks for another, and dropped after an idle period or on `/v1/cleanup`.
+//!
+//! KV-cache reuse: the context remembers the tokens it holds for sequence 0; a new
+//! prompt evaluates only what follows the longest common prefix with them.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::prompt::{self, FimTokens};
+use super::text::{StopMatcher, Utf8Stream};
+use super::{since, Command, Event, Job, Outcome, Shared, StopReason, UnloadReport};
+use crate::config::ModelConfig;
+use crate::error::ApiError;
+use crate::guard::Refusal;
+use crate::stats::Stats;
+
+pub(crate) fn run(
+    rx: std_mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    ready: std_mpsc::Sender<anyhow::Result<()>>,
+) {
+    let backend = match LlamaBackend::init() {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!("cannot initialise llama.cpp: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+
+    let mut pending: Option<Command> = None;
+    loop {
+        let command = match pending.take() {
+            Some(c) => c,
+            None => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        let job = match command {
+            Command::Unload(reply) => {
+                let _ = reply.send(UnloadReport::default());
+                continue;
+            }
+            Command::Generate(job) => job,
+        };
+        let name = job.request.model.clone();
+        let Some(config) = shared.models.get(&name).cloned() else {
+            take(&shared, job).fail(
+                &shared,
+                ApiError::NotFound(format!("model {name:?} is not configured")),
+            );
+            continue;
+        };
+        let model = match load(&backend, &shared, &name, &config) {
+            Ok(m) => m,
+            Err(e) => {
+                take(&shared, job).fail(&shared, e);
+                continue;
+            }
+        };
+        let mut session = match Session::new(&backend, &model, &config) {
+            Ok(s) => s,
+            Err(e) => {
+                shared.set_status(|s| s.loaded = None);
+                take(&shared, job).fail(&shared, e);
+                continue;
+            }
+        };
+        let model_bytes = model.size() + session.kv_bytes;
+
+        // Serve jobs for this model until something else is asked of us.
+        session.run(&shared, &name, take(&shared, job));
+        let unload_reply = loop {
+            let command = match rx.recv_timeout(shared.idle_unload) {
+                Ok(c) => c,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::info!(model = %name, "unloading after {:?} idle", shared.idle_unload);
+                    break None;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            match command {
+                Command::Generate(job) if job.request.model == name => {
+                    session.run(&shared, &name, take(&shared, job));
+                }
+                Command::Generate(job) => {
+                    tracing::info!(from = %name, to = %job.request.model, "switching model");
+                    pending = Some(Command::Generate(job));
+                    break None;
+                }
+                Command::Unload(reply) => break Some(reply),
+            }
+        };
+        drop(session);
+        drop(model);
+        shared.set_status(|s| s.loaded = None);
+        if let Some(reply) = unload_reply {
+            tracing::info!(model = %name, "unloaded on request");
+            let _ = reply.send(UnloadReport {
+                unloaded: Some(name),
+                freed_bytes: model_bytes,
+                freed_mb: model_bytes as f64 / (1024.0 * 1024.0),
+            });
+        }
+    }
+}
+
+/// Marks a job as taken off the queue.
+fn take(shared: &Shared, job: Job) -> Job {
+    shared.queued.fetch_sub(1, Ordering::SeqCst);
+    job
+}
+
+impl Job {
+    fn fail(self, shared: &Shared, error: ApiError) {
+        Stats::add(&shared.stats.requests_failed, 1);
+        let _ = self.events.blocking_send(Event::Error(error));
+    }
+}
+
+fn load(
+    backend: &LlamaBackend,
+    shared: &Shared,
+    name: &str,
+    config: &ModelConfig,
+) -> Result<LlamaModel, ApiError> {
+    if let Err((why, error)) = shared.guard.check() {
+        if why == Refusal::Memory {
+            Stats::add(&shared.stats.rejected_memory, 1);
+            return Err(error);
+        }
+    }
+    shared.set_status(|s| s.loading = Some(name.to_string()));
+    let started = Instant::now();
+    tracing::info!(model = %name, path = %config.path.display(), "loading model");
+    let result = LlamaModel::load_from_file(backend, &config.path, &LlamaModelParams::default());
+    let elapsed = started.elapsed();
+    match result {
+        Ok(model) => {
+            Stats::add(&shared.stats.model_loads, 1);
+            shared
+                .stats
+                .last_load_ms
+                .store(elapsed.as_millis() as u64, Ordering::Relaxed);
+            shared.set_status(|s| {
+                s.loading = None;
+                s.loaded = Some(name.to_string());
+                s.last_load_error = None;
+            });
+            tracing::info!(model = %name, seconds = elapsed.as_secs_f64(), "model loaded");
+            Ok(model)
+        }
+        Err(e) => {
+            let message = format!(
+                "cannot load model {name:?} from {}: {e}",
+                config.path.display()
+            );
+            tracing::error!("{message}");
+            shared.set_status(|s| {
+                s.loading = None;
+                s.last_load_error = Some(message.clone());
+            });
+            Err(ApiError::unavailable(message, 30))
+        }
+    }
+}
+
+/// A context on the loaded model, and what its KV cache holds.
+struct Session<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    /// The tokens whose keys and values sit in the cache, positions 0.. in order.
+    cached: Vec<LlamaToken>,
+    fim: Option<FimTokens>,
+    batch_size: usize,
+    kv_bytes: u64,
+}
+
+impl<'m> Session<'m> {
+    fn new(
+        backend: &LlamaBackend,
+        model: &'m LlamaModel,
+        config: &ModelConfig,
+    ) -> Result<Session<'m>, ApiError> {
+        let n_ctx = config.ctx_size.min(model.n_ctx_train().max(256));
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(config.batch_size)
+            .with_n_ubatch(config.batch_size)
+            .with_n_threads(config.threads as i32)
+            .with_n_threads_batch(config.threads as i32);
+        let ctx = model
+            .new_context(backend, params)
+            .map_err(|e| ApiError::Server(format!("cannot create a llama.cpp context: {e}")))?;
+        // Keys and values in f16 for every layer and context position.
+        let kv_per_token = 2
+            * 2
+            * u64::from(model.n_layer())
+            * model.n_embd() as u64
+            * u64::from(model.n_head_kv())
+            / u64::from(model.n_head().max(1));
+        Ok(Session {
+            fim: FimTokens::of(&model.vocab()),
+            model,
+            ctx,
+            cached: Vec::new(),
+            batch_size: config.batch_size as usize,
+            kv_bytes: kv_per_token * u64::from(n_ctx),
+        })
+    }
+
+    fn run(&mut self, shared: &Shared, model_name: &str, job: Job) {
+        if job.events.is_closed() {
+            Stats::add(&shared.stats.requests_cancelled, 1);
+            return;
+        }
+        shared.stats.touch();
+        match self.generate(shared, model_name, &job) {
+            Ok(outcome) => {
+                let counter = if outcome.stop_reason == StopReason::Cancelled {
+                    &shared.stats.requests_cancelled
+                } else {
+                    &shared.stats.requests_ok
+                };
+                Stats::add(counter, 1);
+                let _ = job.events.blocking_send(Event::Done(outcome));
+            }
+            Err(e) => job.fail(shared, e),
+        }
+        shared.stats.touch();
+    }
+
+    fn generate(
+        &mut self,
+        shared: &Shared,
+        model_name: &str,
+        job: &Job,
+    ) -> Result<Outcome, ApiError> {
+        let started = Instant::now();
+        let request = &job.request;
+        let vocab = self.model.vocab();
+        let tokens = prompt::layout(&vocab, self.fim, model_name, &request.parts)?;
+        let n_ctx = self.ctx.n_ctx() as usize;
+        let max_tokens = request.sampling.max_tokens as usize;
+        if tokens.len() + max_tokens > n_ctx {
+            return Err(ApiError::ExceedContextSize(format!(
+                "the prompt has {} tokens and max_tokens is {max_tokens}, more than the context of {n_ctx} tokens",
+                tokens.len()
+            )));
+        }
+
+        // Reuse the cache up to the first differing token; at least one token must be
+        // evaluated to get logits for the next one.
+        let mut reuse = prompt::common_prefix(&self.cached, &tokens);
+        if reuse == tokens.len() {
+            reuse -= 1;
+        }
+        self.truncate_cache(reuse);
+        let reuse = reuse.min(self.cached.len());
+        let _ = job.events.blocking_send(Event::Started {
+            prompt_tokens: tokens.len(),
+            cached_tokens: reuse,
+        });
+
+        let eval_started = Instant::now();
+        let mut batch = LlamaBatch::new(self.batch_size.max(1), 1);
+        for chunk in tokens[reuse..].chunks(self.batch_size.max(1)) {
+            if job.events.is_closed() {
+                return Ok(self.outcome(
+                    request,
+                    &tokens,
+                    reuse,
+                    "",
+                    0,
+                    started,
+                    started,
+                    StopReason::Cancelled,
+                ));
+            }
+            batch.clear();
+            let first = self.cached.len();
+            for (i, &token) in chunk.iter().enumerate() {
+                let pos = first + i;
+                let is_last = pos + 1 == tokens.len();
+                batch
+                    .add(token, pos as i32, &[0], is_last)
+                    .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
+            }
+            self.decode(&mut batch)?;
+            self.cached.extend_from_slice(chunk);
+        }
+        let evaluated = tokens.len() - reuse;
+        Stats::add(&shared.stats.prompt_tokens_evaluated, evaluated as u64);
+        Stats::add(&shared.stats.prompt_tokens_reused, reuse as u64);
+        let prompt_eval_time = eval_started.elapsed();
+        tracing::debug!(
+            prompt_tokens = tokens.len(),
+            reused = reuse,
+            seconds = prompt_eval_time.as_secs_f64(),
+            "prompt evaluated"
+        );
+
+        let sampling = &request.sampling;
+        let mut sampler = if sampling.temperature <= 0.0 {
+            LlamaSampler::greedy()
+        } else {
+            LlamaSampler::chain_simple([
+                LlamaSampler::top_p(sampling.top_p, 1),
+                LlamaSampler::temp(sampling.temperature),
+                LlamaSampler::dist(sampling.seed),
+            ])
+        };
+        let mut utf8 = Utf8Stream::default();
+        let mut stops = StopMatcher::new(&sampling.stop);
+        let mut piece = Vec::with_capacity(16);
+        let mut generated = 0usize;
+        let mut first_token_at = None;
+        let gen_started = Instant::now();
+        let mut logits_index = batch.n_tokens() - 1;
+        let stop_reason = loop {
+            if generated >= max_tokens {
+                break StopReason::Length;
+            }
+            if job.events.is_closed() {
+                break StopReason::Cancelled;
+            }
+            let token = sampler.sample(&self.ctx, logits_index);
+            first_token_at.get_or_insert_with(Instant::now);
+            if vocab.is_eog(token) {
+                break StopReason::Eos;
+            }
+            generated += 1;
+            piece.clear();
+            vocab.token_to_piece_into(token, &mut piece, false, None);
+            let released = stops.push(&utf8.push(&piece));
+            if !released.text.is_empty()
+                && job
+                    .events
+                    .blocking_send(Event::Token(released.text))
+                    .is_err()
+            {
+                break StopReason::Cancelled;
+            }
+            if released.stopped {
+                break StopReason::Stop;
+            }
+            if generated >= max_tokens {
+                break StopReason::Length;
+            }
+            batch.clear();
+            batch
+                .add(token, self.cached.len() as i32, &[0], true)
+                .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
+            self.decode(&mut batch)?;
+            self.cached.push(token);
+            logits_index = 0;
+        };
+        if stop_reason != StopReason::Stop {
+            let rest = stops.push(&utf8.finish());
+            let rest = rest.text + &stops.finish();
+            if !rest.is_empty() && stop_reason != StopReason::Cancelled {
+                let _ = job.events.blocking_send(Event::Token(rest));
+            }
+        }
+        let gen_time = gen_started.elapsed();
+        Stats::add(&shared.stats.tokens_generated, generated as u64);
+        Stats::add(&shared.stats.generation_us, gen_time.as_micros() as u64);
+        let mut outcome = self.outcome(
+            request,
+            &tokens,
+            reuse,
+            stops.text(),
+            generated,
+            started,
+            first_token_at.unwrap_or_else(Instant::now),
+            stop_reason,
+        );
+        outcome.prompt_eval_time = prompt_eval_time.as_secs_f64();
+        outcome.tokens_per_second = if gen_time.is_zero() || generated == 0 {
+            0.0
+        } else {
+            generated as f64 / gen_time.as_secs_f64()
+        };
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(
+        &self,
+        request: &super::GenerateRequest,
+        tokens: &[LlamaToken],
+        reuse: usize,
+        text: &str,
+        generated: usize,
+        started: Instant,
+        first_token_at: Instant,
+        stop_reason: StopReason,
+    ) -> Outcome {
+        Outcome {
+            text: text.to_string(),
+            model: request.model.clone(),
+            prompt_tokens: tokens.len(),
+            cached_tokens: reuse,
+            total_tokens: generated,
+            inference_time: since(started),
+            tokens_per_second: 0.0,
+            prompt_eval_time: 0.0,
+            time_to_first_token: first_token_at
+                .saturating_duration_since(started)
+                .as_secs_f64(),
+            stop_reason,
+        }
+    }
+
+    fn decode(&mut self, batch: &mut LlamaBatch) -> Result<(), ApiError> {
+        self.ctx.decode(batch).map_err(|e| {
+            // The cache may hold part of the batch now: forget all of it.
+            self.ctx.clear_kv_cache();
+            self.cached.clear();
+            ApiError::Server(format!("llama.cpp decode failed: {e}"))
+        })
+    }
+
+    /// Drops cache entries from position `keep` on.
+    fn truncate_cache(&mut self, keep: usize) {
+        if keep >= self.cached.len() {
+            return;
+        }
+        match self
+            .ctx
+            .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
+        {
+            Ok(true) => self.cached.truncate(keep),
+            _ => {
+                self.ctx.clear_kv_cache();
+                self.cached.clear();
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The one error type every endpoint answers with, and its JSON envelope.
+//!
+//! `{"error": {"code": 400, "type": "invalid_request_error", "message": "..."}}`: the
+//! client sees a kind and a clear message, never internals.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Authentication(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    ExceedContextSize(String),
+    /// Temporarily unable to serve: busy, guarded, loading failed. Clients retry after
+    /// the given number of seconds.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_s: u32 },
+    #[error("{0}")]
+    Server(String),
+}
+
+impl ApiError {
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u32) -> ApiError {
+        ApiError::Unavailable {
+            message: message.into(),
+            retry_after_s,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) | ApiError::ExceedContextSize(_) => StatusCode::BAD_REQUEST,
+            ApiError::Authentication(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request_error",
+            ApiError::Authentication(_) => "authentication_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::ExceedContextSize(_) => "exceed_context_size_error",
+            ApiError::Unavailable { .. } => "unavailable_error",
+            ApiError::Server(_) => "server_error",
+        }
+    }
+
+    /// The `{"error": {...}}` envelope, also sent as the last SSE event of a stream that
+    /// fails after it started.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        ErrorEnvelope {
+            error: ErrorBody {
+                code: self.status().as_u16(),
+                kind: self.kind(),
+                message: self.to_string(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), axum::Json(self.envelope())).into_response();
+        if let ApiError::Unavailable { retry_after_s, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
+        response
+    }
+}

@@ -1,0 +1,151 @@
+//! Resource guards: refuse new work while other processes hog the CPU or memory runs low.
+//!
+//! A background thread samples the machine once a second (sysinfo needs two samples to
+//! compute CPU use). CPU used by vps-infer itself is subtracted, so our own decoding
+//! never trips our own guard.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::config::GuardConfig;
+use crate::error::ApiError;
+
+/// Which guard refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Cpu,
+    Memory,
+}
+
+pub struct ResourceGuard {
+    config: GuardConfig,
+    other_cpu_percent: AtomicU32,
+    available_mb: AtomicU64,
+    sampled: AtomicBool,
+}
+
+impl ResourceGuard {
+    /// Starts the sampler thread; it lives as long as the process.
+    pub fn start(config: GuardConfig) -> Arc<ResourceGuard> {
+        let guard = Arc::new(ResourceGuard {
+            config,
+            other_cpu_percent: AtomicU32::new(0f32.to_bits()),
+            available_mb: AtomicU64::new(u64::MAX),
+            sampled: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&guard);
+        let spawned = std::thread::Builder::new()
+            .name("resource-guard".into())
+            .spawn(move || {
+                let mut sys = System::new();
+                let pid = Pid::from_u32(std::process::id());
+                while let Some(guard) = weak.upgrade() {
+                    guard.sample(&mut sys, pid);
+                    drop(guard);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("resource guard disabled: cannot start its thread: {e}");
+        }
+        guard
+    }
+
+    fn sample(&self, sys: &mut System, pid: Pid) {
+        sys.refresh_cpu_usage();
+        sys.refresh_memory();
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_cpu(),
+        );
+        let n_cpus = sys.cpus().len().max(1) as f32;
+        let total = sys.global_cpu_usage();
+        // A process's usage is in percent of one core; the global figure is of all cores.
+        let own = sys.process(pid).map_or(0.0, |p| p.cpu_usage() / n_cpus);
+        let other = (total - own).max(0.0);
+        self.other_cpu_percent.store(other.to_bits(), Relaxed);
+        self.available_mb
+            .store(sys.available_memory() / (1024 * 1024), Relaxed);
+        self.sampled.store(true, Relaxed);
+    }
+
+    pub fn other_cpu_percent(&self) -> f32 {
+        f32::from_bits(self.other_cpu_percent.load(Relaxed))
+    }
+
+    pub fn available_mb(&self) -> Option<u64> {
+        self.sampled
+            .load(Relaxed)
+            .then(|| self.available_mb.load(Relaxed))
+    }
+
+    /// Whether new work may start now.
+    pub fn check(&self) -> Result<(), (Refusal, ApiError)> {
+        let cpu = self.other_cpu_percent();
+        if self.config.max_cpu_percent < 100.0 && cpu > self.config.max_cpu_percent {
+            return Err((
+                Refusal::Cpu,
+                ApiError::unavailable(
+                    format!(
+                        "server busy: other processes use {cpu:.0}% CPU (limit {:.0}%)",
+                        self.config.max_cpu_percent
+                    ),
+                    5,
+                ),
+            ));
+        }
+        if let Some(mb) = self.available_mb() {
+            if mb < self.config.min_free_memory_mb {
+                return Err((
+                    Refusal::Memory,
+                    ApiError::unavailable(
+                        format!(
+                            "low memory: {mb} MB available (need {} MB)",
+                            self.config.min_free_memory_mb
+                        ),
+                        30,
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(max_cpu: f32, min_mb: u64, cpu: f32, mb: u64) -> ResourceGuard {
+        ResourceGuard {
+            config: GuardConfig {
+                max_cpu_percent: max_cpu,
+                min_free_memory_mb: min_mb,
+            },
+            other_cpu_percent: AtomicU32::new(cpu.to_bits()),
+            available_mb: AtomicU64::new(mb),
+            sampled: AtomicBool::new(true),
+        }
+    }
+
+    #[test]
+    fn refuses_on_cpu_then_memory() {
+        assert!(guard(70.0, 1024, 10.0, 4096).check().is_ok());
+        let (why, err) = guard(70.0, 1024, 85.0, 4096).check().unwrap_err();
+        assert_eq!(why, Refusal::Cpu);
+        assert_eq!(err.status().as_u16(), 503);
+        assert!(err.to_string().contains("85% CPU"), "{err}");
+        let (why, err) = guard(70.0, 1024, 10.0, 512).check().unwrap_err();
+        assert_eq!(why, Refusal::Memory);
+        assert!(err.to_string().contains("512 MB"), "{err}");
+    }
+
+    #[test]
+    fn limits_at_their_bounds_disable_the_guard() {
+        assert!(guard(100.0, 0, 100.0, 0).check().is_ok());
+    }
+}

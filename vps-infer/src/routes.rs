@@ -1,0 +1,317 @@
+//! The HTTP surface: translates between JSON/SSE and the engine's types, nothing more.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{self, Engine, Event, Extra, GenerateRequest, PromptParts, Sampling};
+use crate::error::ApiError;
+use crate::guard::{Refusal, ResourceGuard};
+use crate::stats::Stats;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub stats: Arc<Stats>,
+    pub guard: Arc<ResourceGuard>,
+    pub api_key: Option<Arc<str>>,
+    pub started: Instant,
+    /// Cancelled on SIGTERM: open streams end.
+    pub shutdown: CancellationToken,
+    pub max_body_bytes: usize,
+}
+
+/// The whole service as a router, so tests can call it without a socket.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/inference", post(inference))
+        .route("/v1/stats", get(stats))
+        .route("/v1/models", get(models))
+        .route("/v1/cleanup", post(cleanup))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn require_key(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &app.api_key else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    match given {
+        Some(key) if bool::from(key.as_bytes().ct_eq(expected.as_bytes())) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            Stats::add(&app.stats.rejected_auth, 1);
+            ApiError::Authentication("invalid API key".into()).into_response()
+        }
+        None => {
+            Stats::add(&app.stats.rejected_auth, 1);
+            ApiError::Authentication(
+                "missing API key: send it in the X-API-Key header (or Authorization: Bearer)"
+                    .into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// JSON body whose errors use our envelope: 413 past the size limit, 400 naming the
+/// field that is wrong.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("request body is larger than the limit of 64 KB".into())
+            } else {
+                ApiError::InvalidRequest(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." || path.is_empty() {
+                    ApiError::InvalidRequest(format!("invalid JSON body: {inner}"))
+                } else {
+                    ApiError::InvalidRequest(format!("{path}: {inner}"))
+                }
+            })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceBody {
+    pub prompt: String,
+    pub suffix: Option<String>,
+    #[serde(default)]
+    pub extra: Vec<Extra>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    pub seed: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+impl InferenceBody {
+    fn validate(self, default_model: &str) -> Result<(GenerateRequest, bool), ApiError> {
+        let max_tokens = self.max_tokens.unwrap_or(128);
+        if !(1..=4096).contains(&max_tokens) {
+            return Err(ApiError::InvalidRequest(format!(
+                "max_tokens: {max_tokens} is outside 1..=4096"
+            )));
+        }
+        let temperature = self.temperature.unwrap_or(0.2);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::InvalidRequest(format!(
+                "temperature: {temperature} is outside 0..=2"
+            )));
+        }
+        let top_p = self.top_p.unwrap_or(0.95);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::InvalidRequest(format!(
+                "top_p: {top_p} is outside (0, 1]"
+            )));
+        }
+        if self.stop.len() > 16 {
+            return Err(ApiError::InvalidRequest("stop: at most 16 strings".into()));
+        }
+        if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
+            return Err(ApiError::InvalidRequest("prompt: must not be empty".into()));
+        }
+        let request = GenerateRequest {
+            model: self.model.unwrap_or_else(|| default_model.to_string()),
+            parts: PromptParts {
+                prompt: self.prompt,
+                suffix: self.suffix,
+                extra: self.extra,
+            },
+            sampling: Sampling {
+                max_tokens,
+                temperature,
+                top_p,
+                stop: self.stop,
+                seed: self.seed.unwrap_or(0x5eed),
+            },
+        };
+        Ok((request, self.stream))
+    }
+}
+
+async fn inference(
+    State(app): State<AppState>,
+    body: Result<ApiJson<InferenceBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let (request, stream) = body
+        .and_then(|ApiJson(body)| body.validate(app.engine.default_model()))
+        .inspect_err(|_| Stats::add(&app.stats.rejected_invalid, 1))?;
+    if let Err((why, error)) = app.guard.check() {
+        let counter = match why {
+            Refusal::Cpu => &app.stats.rejected_cpu,
+            Refusal::Memory => &app.stats.rejected_memory,
+        };
+        Stats::add(counter, 1);
+        return Err(error);
+    }
+    let mut events = app.engine.generate(request)?;
+    // Errors found before the first token (context too long, no FIM tokens, model
+    // failed to load) are answered with their status code, not inside a stream.
+    match events.recv().await {
+        Some(Event::Started { .. }) => {}
+        Some(Event::Error(e)) => return Err(e),
+        Some(other) => {
+            return Err(ApiError::Server(format!(
+                "engine answered {other:?} before starting"
+            )))
+        }
+        None => return Err(ApiError::Server("the engine dropped the request".into())),
+    }
+    if stream {
+        Ok(Sse::new(sse_stream(events, app.shutdown.clone()))
+            .keep_alive(KeepAlive::default())
+            .into_response())
+    } else {
+        let outcome = engine::collect(events).await?;
+        Ok(Json(outcome).into_response())
+    }
+}
+
+/// One SSE event per token, then `done` (or an error) and the end. Dropping the stream
+/// (client gone, server stopping) drops the receiver, which cancels the decode.
+fn sse_stream(
+    events: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(Some((events, shutdown)), |state| async move {
+        let (mut events, shutdown) = state?;
+        let event = tokio::select! {
+            e = events.recv() => e,
+            () = shutdown.cancelled() => {
+                let e = ApiError::unavailable("server is shutting down", 5);
+                return Some((Ok(json_event(&e.envelope())), None));
+            }
+        };
+        let (data, more) = match event? {
+            Event::Token(token) => (json_event(&json!({ "token": token })), true),
+            Event::Done(outcome) => (
+                json_event(&Done {
+                    done: true,
+                    outcome,
+                }),
+                false,
+            ),
+            Event::Error(e) => (json_event(&e.envelope()), false),
+            Event::Started { .. } => (SseEvent::default().comment("started"), true),
+        };
+        Some((Ok(data), more.then_some((events, shutdown))))
+    })
+}
+
+#[derive(Serialize)]
+struct Done {
+    done: bool,
+    #[serde(flatten)]
+    outcome: engine::Outcome,
+}
+
+fn json_event(value: &impl Serialize) -> SseEvent {
+    SseEvent::default()
+        .json_data(value)
+        .unwrap_or_else(|_| SseEvent::default().data("{}"))
+}
+
+async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let status = app.engine.status();
+    let state = if status.loading.is_some() {
+        "loading"
+    } else if app.guard.check().is_err() || status.last_load_error.is_some() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    Json(json!({
+        "status": state,
+        "model_loaded": status.loaded,
+        "model_loading": status.loading,
+        "last_load_error": status.last_load_error,
+        "cpu_percent": app.guard.other_cpu_percent(),
+        "memory_available_mb": app.guard.available_mb(),
+        "uptime_s": app.started.elapsed().as_secs(),
+    }))
+}
+
+async fn stats(State(app): State<AppState>) -> Json<crate::stats::StatsSnapshot> {
+    Json(app.stats.snapshot(
+        app.engine.status().loaded,
+        app.engine.queue_depth(),
+        app.started,
+    ))
+}
+
+async fn models(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let loaded = app.engine.status().loaded;
+    let models: Vec<_> = app
+        .engine
+        .models()
+        .iter()
+        .map(|(name, m)| {
+            json!({
+                "name": name,
+                "path": m.path,
+                "size": std::fs::metadata(&m.path).map(|md| md.len()).ok(),
+                "ctx_size": m.ctx_size,
+                "loaded": loaded.as_deref() == Some(name.as_str()),
+                "default": name == app.engine.default_model(),
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+async fn cleanup(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let report = app.engine.unload().await?;
+    Ok(Json(report).into_response())
+}
