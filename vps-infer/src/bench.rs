@@ -133,6 +133,7 @@ fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> 
             prompt: prompt.to_string(),
             suffix: suffix.map(str::to_string),
             extra: Vec::new(),
+            chat: None,
         },
         sampling: Sampling {
             max_tokens,

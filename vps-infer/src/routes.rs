@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::prompt::ChatRequest;
 use crate::engine::{self, Engine, Event, Extra, GenerateRequest, PromptParts, Sampling};
 use crate::error::ApiError;
 use crate::guard::{Refusal, ResourceGuard};
@@ -134,6 +135,11 @@ pub struct InferenceBody {
     pub seed: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    /// Treat `prompt` as the user's turn in the model's chat template.
+    #[serde(default)]
+    pub chat: bool,
+    /// System message for `chat`.
+    pub system: Option<String>,
 }
 
 impl InferenceBody {
@@ -156,6 +162,11 @@ impl InferenceBody {
                 "top_p: {top_p} is outside (0, 1]"
             )));
         }
+        if self.system.is_some() && !self.chat {
+            return Err(ApiError::InvalidRequest(
+                "system: only allowed with \"chat\": true".into(),
+            ));
+        }
         if self.stop.len() > 16 {
             return Err(ApiError::InvalidRequest("stop: at most 16 strings".into()));
         }
@@ -168,6 +179,9 @@ impl InferenceBody {
                 prompt: self.prompt,
                 suffix: self.suffix,
                 extra: self.extra,
+                chat: self.chat.then(|| ChatRequest {
+                    system: self.system,
+                }),
             },
             sampling: Sampling {
                 max_tokens,

@@ -26,6 +26,55 @@ pub struct PromptParts {
     /// Set for a fill-in-the-middle request.
     pub suffix: Option<String>,
     pub extra: Vec<Extra>,
+    /// Wrap the prompt in the model's chat template as the user's turn, with this
+    /// system message (if any), and let the model answer as the assistant.
+    pub chat: Option<ChatRequest>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub system: Option<String>,
+}
+
+/// A model's chat template rendered around placeholders: the template's own text
+/// (with its special tokens) and the places where the system and user text go.
+#[derive(Debug, Clone)]
+pub struct ChatFrame {
+    /// Template text before the system message (or before the user message if none).
+    pub head: String,
+    /// Template text between the system and the user message (empty without system).
+    pub middle: String,
+    /// Template text after the user message, ending with the assistant's opening.
+    pub tail: String,
+}
+
+pub const SYSTEM_PLACEHOLDER: &str = "\u{1}CEREBRUM_SYSTEM\u{1}";
+pub const USER_PLACEHOLDER: &str = "\u{1}CEREBRUM_USER\u{1}";
+
+impl ChatFrame {
+    /// Splits a template rendered with the placeholders.
+    pub fn from_rendered(rendered: &str, with_system: bool) -> Option<ChatFrame> {
+        let (head, rest) = if with_system {
+            let (head, rest) = rendered.split_once(SYSTEM_PLACEHOLDER)?;
+            (head, rest)
+        } else {
+            ("", rendered)
+        };
+        let (before_user, tail) = rest.split_once(USER_PLACEHOLDER)?;
+        Some(if with_system {
+            ChatFrame {
+                head: head.into(),
+                middle: before_user.into(),
+                tail: tail.into(),
+            }
+        } else {
+            ChatFrame {
+                head: before_user.into(),
+                middle: String::new(),
+                tail: tail.into(),
+            }
+        })
+    }
 }
 
 /// The special tokens of a model's fill-in-the-middle format, if it has one.
@@ -58,7 +107,10 @@ impl FimTokens {
 
 /// Something that turns text into tokens (the model's vocabulary; a stub in tests).
 pub trait Tokenize {
+    /// Client text: special-token syntax stays plain text.
     fn tokenize(&self, text: &str) -> Vec<LlamaToken>;
+    /// Template text: `<|im_start|>` and friends become their special tokens.
+    fn tokenize_special(&self, text: &str) -> Vec<LlamaToken>;
     fn bos(&self) -> Option<LlamaToken>;
 }
 
@@ -68,6 +120,13 @@ impl Tokenize for LlamaVocab<'_> {
             return Vec::new();
         }
         LlamaVocab::tokenize(self, text.as_bytes(), false, false)
+    }
+
+    fn tokenize_special(&self, text: &str) -> Vec<LlamaToken> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        LlamaVocab::tokenize(self, text.as_bytes(), false, true)
     }
 
     fn bos(&self) -> Option<LlamaToken> {
@@ -80,10 +139,38 @@ impl Tokenize for LlamaVocab<'_> {
 pub fn layout(
     vocab: &impl Tokenize,
     fim: Option<FimTokens>,
+    chat: Option<&ChatFrame>,
     model_name: &str,
     parts: &PromptParts,
 ) -> Result<Vec<LlamaToken>, ApiError> {
     let mut tokens = Vec::with_capacity(parts.prompt.len() / 3 + 16);
+    if let Some(request) = &parts.chat {
+        let Some(frame) = chat else {
+            return Err(ApiError::InvalidRequest(format!(
+                "chat: model {model_name:?} has no chat template"
+            )));
+        };
+        if parts.suffix.is_some() {
+            return Err(ApiError::InvalidRequest(
+                "chat: cannot be combined with `suffix` (fill-in-the-middle)".into(),
+            ));
+        }
+        // Context chunks go into the user's turn, before the request itself.
+        let mut user = String::new();
+        for chunk in &parts.extra {
+            user.push_str(&format!("{}:\n```\n{}\n```\n\n", chunk.label, chunk.text));
+        }
+        user.push_str(&parts.prompt);
+        tokens.extend(vocab.bos());
+        tokens.extend(vocab.tokenize_special(&frame.head));
+        if let Some(system) = &request.system {
+            tokens.extend(vocab.tokenize(system));
+        }
+        tokens.extend(vocab.tokenize_special(&frame.middle));
+        tokens.extend(vocab.tokenize(&user));
+        tokens.extend(vocab.tokenize_special(&frame.tail));
+        return Ok(tokens);
+    }
     tokens.extend(vocab.bos());
     let file_sep = fim.and_then(|f| f.file_sep);
     for chunk in &parts.extra {
@@ -144,6 +231,10 @@ mod tests {
         fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
             text.bytes().map(|b| LlamaToken(1000 + b as i32)).collect()
         }
+        fn tokenize_special(&self, text: &str) -> Vec<LlamaToken> {
+            // Template text renders in capitals so tests can tell it apart.
+            self.tokenize(&text.to_uppercase())
+        }
         fn bos(&self) -> Option<LlamaToken> {
             None
         }
@@ -177,12 +268,13 @@ mod tests {
                 label: "a.py::f".into(),
                 text: "def f(): pass".into(),
             }],
+            chat: None,
         }
     }
 
     #[test]
     fn fim_layout_puts_context_first_then_prefix_suffix_middle() {
-        let t = layout(&Bytes, Some(FIM), "m", &parts("x = ", Some("\ny"))).unwrap();
+        let t = layout(&Bytes, Some(FIM), None, "m", &parts("x = ", Some("\ny"))).unwrap();
         assert_eq!(
             render(&t),
             "<SEP>a.py::f\ndef f(): pass\n<SEP><PRE>x = <SUF>\ny<MID>"
@@ -191,8 +283,15 @@ mod tests {
 
     #[test]
     fn a_keystroke_at_the_cursor_keeps_everything_before_it() {
-        let a = layout(&Bytes, Some(FIM), "m", &parts("def g(x", Some(")\n"))).unwrap();
-        let b = layout(&Bytes, Some(FIM), "m", &parts("def g(xs", Some(")\n"))).unwrap();
+        let a = layout(&Bytes, Some(FIM), None, "m", &parts("def g(x", Some(")\n"))).unwrap();
+        let b = layout(
+            &Bytes,
+            Some(FIM),
+            None,
+            "m",
+            &parts("def g(xs", Some(")\n")),
+        )
+        .unwrap();
         let shared = common_prefix(&a, &b);
         assert_eq!(
             render(&a[..shared]),
@@ -202,20 +301,42 @@ mod tests {
 
     #[test]
     fn suffix_without_fim_tokens_is_a_clear_error() {
-        let err = layout(&Bytes, None, "smol", &parts("x", Some("y"))).unwrap_err();
+        let err = layout(&Bytes, None, None, "smol", &parts("x", Some("y"))).unwrap_err();
         assert_eq!(err.kind(), "invalid_request_error");
         assert!(err.to_string().contains("fill-in-the-middle"), "{err}");
     }
 
     #[test]
     fn plain_prompt_without_fim_keeps_context_as_text() {
-        let t = layout(&Bytes, None, "m", &parts("print(", None)).unwrap();
+        let t = layout(&Bytes, None, None, "m", &parts("print(", None)).unwrap();
         assert_eq!(render(&t), "def f(): pass\n\nprint(");
+    }
+
+    #[test]
+    fn chat_wraps_context_and_prompt_in_the_template() {
+        let rendered =
+            format!("<s>sys:{SYSTEM_PLACEHOLDER}<e><s>user:{USER_PLACEHOLDER}<e><s>assistant:");
+        let frame = ChatFrame::from_rendered(&rendered, true).unwrap();
+        let mut p = parts("make it async", None);
+        p.chat = Some(ChatRequest {
+            system: Some("be brief".into()),
+        });
+        let t = layout(&Bytes, None, Some(&frame), "m", &p).unwrap();
+        assert_eq!(
+            render(&t),
+            "<S>SYS:be brief<E><S>USER:a.py::f:\n```\ndef f(): pass\n```\n\nmake it async<E><S>ASSISTANT:"
+        );
+        assert!(layout(&Bytes, None, None, "m", &p)
+            .unwrap_err()
+            .to_string()
+            .contains("chat template"));
+        p.suffix = Some("x".into());
+        assert!(layout(&Bytes, None, Some(&frame), "m", &p).is_err());
     }
 
     #[test]
     fn empty_prompt_is_refused() {
         let p = PromptParts::default();
-        assert!(layout(&Bytes, None, "m", &p).is_err());
+        assert!(layout(&Bytes, None, None, "m", &p).is_err());
     }
 }

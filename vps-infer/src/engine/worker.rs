@@ -17,7 +17,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
@@ -255,7 +255,11 @@ impl<'m> Session<'m> {
         let started = Instant::now();
         let request = &job.request;
         let vocab = self.model.vocab();
-        let tokens = prompt::layout(&vocab, self.fim, model_name, &request.parts)?;
+        let chat = match &request.parts.chat {
+            Some(chat) => self.chat_frame(chat.system.is_some()),
+            None => None,
+        };
+        let tokens = prompt::layout(&vocab, self.fim, chat.as_ref(), model_name, &request.parts)?;
         let n_ctx = self.ctx.n_ctx() as usize;
         let max_tokens = request.sampling.max_tokens as usize;
         if tokens.len() + max_tokens > n_ctx {
@@ -426,6 +430,23 @@ impl<'m> Session<'m> {
                 .as_secs_f64(),
             stop_reason,
         }
+    }
+
+    /// The model's chat template around placeholders, or `None` if it has none.
+    fn chat_frame(&self, with_system: bool) -> Option<prompt::ChatFrame> {
+        let template = self.model.chat_template(None).ok()?;
+        let mut messages = Vec::new();
+        if with_system {
+            messages.push(
+                LlamaChatMessage::new("system".into(), prompt::SYSTEM_PLACEHOLDER.into()).ok()?,
+            );
+        }
+        messages.push(LlamaChatMessage::new("user".into(), prompt::USER_PLACEHOLDER.into()).ok()?);
+        let rendered = self
+            .model
+            .apply_chat_template(&template, &messages, true)
+            .ok()?;
+        prompt::ChatFrame::from_rendered(&rendered, with_system)
     }
 
     fn decode(&mut self, batch: &mut LlamaBatch) -> Result<(), ApiError> {
