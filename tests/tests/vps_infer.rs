@@ -629,3 +629,76 @@ fn bad_configuration_names_the_field_and_exits_non_zero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("max_cpu_percent"), "{stderr}");
 }
+
+#[tokio::test]
+async fn concurrent_first_requests_load_once_and_idle_unloads() {
+    let server = VpsInfer::builder()
+        .model(SMOL, model_path(SMOL))
+        .env("CEREBRUM_IDLE_UNLOAD_SECS", "2")
+        .start();
+    let requests = (0..3).map(|i| {
+        let url = server.url();
+        tokio::spawn(async move {
+            client()
+                .post(format!("{url}/v1/inference"))
+                .header("X-API-Key", TEST_API_KEY)
+                .json(&json!({"prompt": format!("Number {i}:"), "max_tokens": 2}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    });
+    for r in requests.collect::<Vec<_>>() {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
+    let (_, stats) = get(&server, "/v1/stats").await;
+    assert_eq!(stats["model_loads"], 1, "{stats}");
+    assert_eq!(stats["requests"]["ok"], 3, "{stats}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = get(&server, "/health").await;
+        if health["model_loaded"].is_null() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never unloaded when idle: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn chat_mode_wraps_the_prompt_in_the_chat_template() {
+    let server = VpsInfer::start_smol();
+    let (status, plain) = post(
+        &server,
+        "/v1/inference",
+        json!({"prompt": "What is the capital of France?", "max_tokens": 12, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{plain}");
+    let (status, chat) = post(
+        &server,
+        "/v1/inference",
+        json!({"prompt": "What is the capital of France?", "chat": true,
+               "system": "Answer in one word.", "max_tokens": 12, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{chat}");
+    // The template adds its own tokens around the prompt and the model answers it.
+    assert!(
+        chat["prompt_tokens"].as_u64() > plain["prompt_tokens"].as_u64(),
+        "{chat}"
+    );
+    assert!(chat["text"].as_str().unwrap().contains("Paris"), "{chat}");
+
+    let (status, err) = post(
+        &server,
+        "/v1/inference",
+        json!({"prompt": "x", "system": "y"}),
+    )
+    .await;
+    assert_error(status, &err, 400, "invalid_request_error");
+}

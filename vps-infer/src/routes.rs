@@ -179,7 +179,7 @@ impl InferenceBody {
                 prompt: self.prompt,
                 suffix: self.suffix,
                 extra: self.extra,
-                chat: self.chat.then(|| ChatRequest {
+                chat: self.chat.then_some(ChatRequest {
                     system: self.system,
                 }),
             },
