@@ -1,0 +1,124 @@
+//! The engine's typed configuration, with the defaults the issue asks for.
+
+use std::path::PathBuf;
+
+/// Limits and switches for chunking, selection and prompt windows.
+///
+/// Sizes are counted in characters (Unicode scalar values), except where a field
+/// says otherwise. Deserialises with every field optional.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// Most extra chunks in a prompt (the enclosing chunk counts, and is always kept).
+    pub max_chunks: usize,
+    /// Most characters of selected chunks.
+    pub budget_chars: usize,
+    /// A chunk larger than this splits at nested definitions, then at lines.
+    pub max_chunk_chars: usize,
+    /// Whole lines of prefix before the cursor line.
+    pub prefix_max_lines: usize,
+    pub prefix_max_chars: usize,
+    /// Whole lines of suffix after the cursor line (kept short: the suffix matters
+    /// less to the model than the prefix).
+    pub suffix_max_lines: usize,
+    pub suffix_max_chars: usize,
+    /// Documents shorter than this are sent whole (the old system's rule).
+    pub min_chars_to_chunk: usize,
+    /// Chunking that saves less than this fraction of the characters sends the
+    /// document whole instead.
+    pub min_saving: f32,
+    /// Block size and overlap for text without a usable parse.
+    pub fallback_block_chars: usize,
+    pub fallback_overlap_chars: usize,
+    /// A parse whose ERROR nodes cover more than this fraction of the text falls
+    /// back to blocks.
+    pub max_error_fraction: f32,
+    /// Lines around the cursor whose identifiers form the ranking query when there
+    /// is no instruction.
+    pub cursor_context_lines: usize,
+    /// A directory with `<language>/chunks.scm` files that replace the built-in
+    /// queries; languages without a file there keep the built-in one.
+    pub queries_dir: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_chunks: 3,
+            budget_chars: 4_000,
+            max_chunk_chars: 1_200,
+            prefix_max_lines: 60,
+            prefix_max_chars: 3_000,
+            suffix_max_lines: 15,
+            suffix_max_chars: 800,
+            min_chars_to_chunk: 1_500,
+            min_saving: 0.10,
+            fallback_block_chars: 1_000,
+            fallback_overlap_chars: 150,
+            max_error_fraction: 0.5,
+            cursor_context_lines: 8,
+            queries_dir: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the fields that would make the engine misbehave, naming the bad one.
+    pub(crate) fn validate(&self) -> Result<(), crate::ContextError> {
+        let invalid = |field: &'static str, message: String| {
+            Err(crate::ContextError::InvalidConfig { field, message })
+        };
+        if self.max_chunk_chars == 0 {
+            return invalid("max_chunk_chars", "must be at least 1".into());
+        }
+        if self.fallback_block_chars == 0 {
+            return invalid("fallback_block_chars", "must be at least 1".into());
+        }
+        if self.fallback_overlap_chars >= self.fallback_block_chars {
+            return invalid(
+                "fallback_overlap_chars",
+                format!(
+                    "{} must be smaller than fallback_block_chars ({})",
+                    self.fallback_overlap_chars, self.fallback_block_chars
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.min_saving) {
+            return invalid(
+                "min_saving",
+                format!("{} is not within 0..=1", self.min_saving),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.max_error_fraction) {
+            return invalid(
+                "max_error_fraction",
+                format!("{} is not within 0..=1", self.max_error_fraction),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_config_keeps_defaults() {
+        let config: EngineConfig =
+            serde_json::from_str(r#"{"max_chunks": 5, "queries_dir": "/etc/q"}"#).unwrap();
+        assert_eq!(config.max_chunks, 5);
+        assert_eq!(config.min_chars_to_chunk, 1_500);
+        assert_eq!(config.queries_dir, Some(PathBuf::from("/etc/q")));
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let config = EngineConfig {
+            fallback_overlap_chars: 2_000,
+            ..EngineConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("fallback_overlap_chars"), "{err}");
+    }
+}

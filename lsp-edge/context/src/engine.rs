@@ -1,0 +1,563 @@
+//! The engine: compiled queries and configuration, built once and shared, and the
+//! request pipeline (chunk, deduplicate, rank, select, assemble).
+
+use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::chunk::{chunk_text, Chunk, LineIndex};
+use crate::dedup::fingerprint;
+use crate::document::floor_char_boundary;
+use crate::prompt::{instruction_prompt, windows};
+use crate::rank::{identifiers, terms, Bm25, Term};
+use crate::{
+    extract_instruction, ChunkQuery, Context, ContextError, ContextStats, Document, EngineConfig,
+    ExtraChunk, Language, Mode,
+};
+
+/// Documents kept for [`ContextEngine::context_for_text`], by path.
+const RECENT_DOCUMENTS: usize = 16;
+
+/// Added to a chunk's BM25 score when it defines a name used near the cursor:
+/// more than any plausible text match, so such definitions come first.
+const DEFINES_NAME_BOOST: f32 = 100.0;
+
+/// The context engine. Build it once at start (it compiles the queries) and share
+/// it through an `Arc`: it is `Send + Sync` and every method takes `&self`.
+#[derive(Debug)]
+pub struct ContextEngine {
+    config: EngineConfig,
+    python: ChunkQuery,
+    rust: ChunkQuery,
+    /// The last documents `context_for_text` parsed, by path and language, most
+    /// recent first: a request that repeats a file with a small change re-parses
+    /// incrementally instead of from scratch.
+    recent: Mutex<VecDeque<(String, Language, Document)>>,
+}
+
+/// What a request adds to the text and the cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct ContextOptions {
+    /// An instruction switches to an instruction-first prompt.
+    pub instruction: Option<String>,
+    /// The document's path, used in chunk labels (`path::symbol`).
+    pub path: Option<String>,
+    /// Selected bytes: chunks that overlap them are always kept.
+    pub selection: Option<Range<usize>>,
+}
+
+impl ContextEngine {
+    /// Validates the configuration and compiles the queries (built-in, or from
+    /// `config.queries_dir` where it has them).
+    pub fn new(config: EngineConfig) -> Result<ContextEngine, ContextError> {
+        config.validate()?;
+        let dir = config.queries_dir.as_deref();
+        Ok(ContextEngine {
+            python: ChunkQuery::load(Language::Python, dir)?,
+            rust: ChunkQuery::load(Language::Rust, dir)?,
+            config,
+            recent: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn query(&self, language: Language) -> Option<&ChunkQuery> {
+        match language {
+            Language::Python => Some(&self.python),
+            Language::Rust => Some(&self.rust),
+            Language::Other => None,
+        }
+    }
+
+    /// Parses `text` into a document to keep and edit. Never fails: broken code
+    /// parses with ERROR nodes, and `Other` text has no tree.
+    pub fn parse(&self, language: Language, text: String) -> Document {
+        Document::new(language, text)
+    }
+
+    /// The chunks of a document, in document order.
+    pub fn chunks(&self, doc: &Document) -> Vec<Chunk> {
+        let lines = LineIndex::new(doc.text());
+        chunk_text(
+            doc.text(),
+            doc.tree(),
+            self.query(doc.language()),
+            &self.config,
+            &lines,
+        )
+    }
+
+    /// The context for a cursor (a byte offset into the document; one inside a
+    /// character means that character's start). With `opts.instruction` the
+    /// result is an instruction-first prompt; without, a fill-in-the-middle
+    /// context. The document's text is taken as it is: instructions inside it are
+    /// not looked for (see [`ContextEngine::context_for_text`]).
+    pub fn context(&self, doc: &Document, cursor: usize, opts: &ContextOptions) -> Context {
+        let started = Instant::now();
+        let mut context = self.assemble(doc, cursor, opts, opts.instruction.as_deref());
+        context.stats.elapsed_us = elapsed_us(started);
+        context
+    }
+
+    /// The context for plain text without a kept document (the HTTP endpoint and
+    /// the CLI): parses, then, when `opts` has no instruction, takes one from the
+    /// text if it carries one ([`extract_instruction`]) and cuts that line out of
+    /// the code. The statistics count the parse and the whole original text.
+    ///
+    /// With `opts.path`, the engine keeps the last few documents it parsed and
+    /// re-parses a repeated path incrementally from the old tree.
+    pub fn context_for_text(
+        &self,
+        language: Language,
+        text: &str,
+        cursor: usize,
+        opts: &ContextOptions,
+    ) -> Context {
+        let started = Instant::now();
+        let cursor = floor_char_boundary(text, cursor);
+        let extracted = match opts.instruction {
+            Some(_) => None,
+            None => extract_instruction(text),
+        };
+        let mut context = match extracted {
+            Some((instruction, line)) => {
+                // The instruction's line becomes a blank line, so that chunk
+                // labels keep the file's line numbers.
+                let blank = if text[line.clone()].ends_with('\n') {
+                    "\n"
+                } else {
+                    ""
+                };
+                let mut code = String::with_capacity(text.len());
+                code.push_str(&text[..line.start]);
+                code.push_str(blank);
+                code.push_str(&text[line.end..]);
+                let at = |offset: usize| {
+                    if offset >= line.end {
+                        offset - line.len() + blank.len()
+                    } else {
+                        offset.min(line.start)
+                    }
+                };
+                let cursor = at(cursor);
+                let shift = |range: &Range<usize>| at(range.start)..at(range.end);
+                let opts = ContextOptions {
+                    selection: opts.selection.as_ref().map(shift),
+                    ..opts.clone()
+                };
+                let doc = self.recall(language, code, opts.path.as_deref());
+                let mut context = self.assemble(&doc, cursor, &opts, Some(&instruction));
+                self.remember(doc, opts.path.as_deref());
+                let after = context.stats.chars_after;
+                context.stats.set_chars(text.chars().count(), after);
+                context
+            }
+            None => {
+                let doc = self.recall(language, text.to_owned(), opts.path.as_deref());
+                let context = self.assemble(&doc, cursor, opts, opts.instruction.as_deref());
+                self.remember(doc, opts.path.as_deref());
+                context
+            }
+        };
+        context.stats.elapsed_us = elapsed_us(started);
+        context
+    }
+
+    /// A document for `text`: the kept one for `path`, brought up to date
+    /// incrementally, or a fresh parse.
+    fn recall(&self, language: Language, text: String, path: Option<&str>) -> Document {
+        let kept = path.and_then(|path| {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let index = recent
+                .iter()
+                .position(|(p, lang, _)| p == path && *lang == language)?;
+            recent.remove(index).map(|(_, _, doc)| doc)
+        });
+        match kept {
+            Some(mut doc) => {
+                doc.set_text(self, &text);
+                doc
+            }
+            None => self.parse(language, text),
+        }
+    }
+
+    fn remember(&self, doc: Document, path: Option<&str>) {
+        if let Some(path) = path {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            recent.push_front((path.to_owned(), doc.language(), doc));
+            recent.truncate(RECENT_DOCUMENTS);
+        }
+    }
+
+    fn assemble(
+        &self,
+        doc: &Document,
+        cursor: usize,
+        opts: &ContextOptions,
+        instruction: Option<&str>,
+    ) -> Context {
+        let text = doc.text();
+        let cursor = floor_char_boundary(text, cursor);
+        let text_chars = text.chars().count();
+        let lines = LineIndex::new(text);
+        let request = Request {
+            engine: self,
+            doc,
+            text,
+            lines: &lines,
+            cursor,
+            opts,
+            chunk: text_chars >= self.config.min_chars_to_chunk,
+        };
+        match instruction {
+            Some(instruction) => request.instruction(instruction, text_chars),
+            None => request.fim(text_chars),
+        }
+    }
+}
+
+fn elapsed_us(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One request's inputs, shared by the FIM and instruction paths.
+struct Request<'a> {
+    engine: &'a ContextEngine,
+    doc: &'a Document,
+    text: &'a str,
+    lines: &'a LineIndex,
+    cursor: usize,
+    opts: &'a ContextOptions,
+    /// False below `min_chars_to_chunk`: the document is sent whole.
+    chunk: bool,
+}
+
+/// Chunks after deduplication, with what selection needs to know about them.
+struct Candidates {
+    chunks: Vec<Chunk>,
+    total: usize,
+    unique: usize,
+}
+
+impl Request<'_> {
+    fn config(&self) -> &EngineConfig {
+        &self.engine.config
+    }
+
+    fn chunks(&self) -> Vec<Chunk> {
+        chunk_text(
+            self.text,
+            self.doc.tree(),
+            self.engine.query(self.doc.language()),
+            self.config(),
+            self.lines,
+        )
+    }
+
+    fn label(&self, chunk: &Chunk) -> String {
+        match &self.opts.path {
+            Some(path) => format!("{path}::{}", chunk.symbol),
+            None => chunk.symbol.clone(),
+        }
+    }
+
+    fn extra(&self, chunks: &[Chunk]) -> Vec<ExtraChunk> {
+        chunks
+            .iter()
+            .map(|chunk| ExtraChunk {
+                label: self.label(chunk),
+                text: chunk.text(self.text).to_owned(),
+            })
+            .collect()
+    }
+
+    /// True when `chunk` holds the cursor (a cursor at the very end of the text
+    /// belongs to the chunk that ends there).
+    fn encloses_cursor(&self, chunk: &Chunk) -> bool {
+        chunk.range.contains(&self.cursor)
+            || (self.cursor == self.text.len() && chunk.range.end == self.cursor)
+    }
+
+    fn must_keep(&self, chunk: &Chunk) -> bool {
+        self.encloses_cursor(chunk)
+            || self.opts.selection.as_ref().is_some_and(|selection| {
+                chunk.range.start < selection.end.max(selection.start.saturating_add(1))
+                    && selection.start < chunk.range.end
+            })
+    }
+
+    fn distance(&self, chunk: &Chunk) -> usize {
+        if chunk.range.contains(&self.cursor) {
+            0
+        } else if chunk.range.end <= self.cursor {
+            self.cursor - chunk.range.end
+        } else {
+            chunk.range.start - self.cursor
+        }
+    }
+
+    /// The lines around the cursor whose identifiers stand for "what the user is
+    /// working on", minus the word being typed: a half-typed identifier would
+    /// change the ranking, and with it the leading text, at every keystroke.
+    /// In FIM mode the region stays inside the windows, so a definition that
+    /// merely follows the cursor does not count as a use of its name.
+    fn cursor_region(&self, window: Option<&Range<usize>>) -> [&str; 2] {
+        let config = self.config();
+        let line = self.lines.line_of(self.cursor);
+        let first = line.saturating_sub(config.cursor_context_lines);
+        let last = line + config.cursor_context_lines / 2;
+        let mut start = self.lines.line_start(first);
+        let mut end = self
+            .lines
+            .line_end(last.min(self.lines.len().saturating_sub(1)));
+        if let Some(window) = window {
+            start = start.max(window.start);
+            end = end.min(window.end).max(self.cursor);
+        }
+        let is_ident = |c: char| c == '_' || c.is_alphanumeric();
+        let word_start = self.text[..self.cursor]
+            .char_indices()
+            .rev()
+            .take_while(|&(_, c)| is_ident(c))
+            .last()
+            .map_or(self.cursor, |(i, _)| i);
+        let word_end = self.text[self.cursor..]
+            .char_indices()
+            .find(|&(_, c)| !is_ident(c))
+            .map_or(self.text.len(), |(i, _)| self.cursor + i);
+        [
+            &self.text[start..word_start.max(start)],
+            &self.text[word_end.min(end)..end],
+        ]
+    }
+
+    /// Splits chunks into the distinct ones, preferring for each fingerprint the
+    /// copy that must be kept, else the first; `seen` holds fingerprints already
+    /// sent (the FIM windows), whose chunks are dropped.
+    fn dedup(&self, chunks: Vec<Chunk>, mut seen: HashSet<u64>) -> Candidates {
+        let total = chunks.len();
+        let prints: Vec<u64> = chunks
+            .iter()
+            .map(|c| fingerprint(c.text(self.text)))
+            .collect();
+        let unique = prints.iter().collect::<HashSet<_>>().len();
+        let kept: HashSet<u64> = chunks
+            .iter()
+            .zip(&prints)
+            .filter(|(chunk, _)| self.must_keep(chunk))
+            .map(|(_, &print)| print)
+            .collect();
+        let chunks = chunks
+            .into_iter()
+            .zip(prints)
+            .filter(|(chunk, print)| {
+                if kept.contains(print) && !self.must_keep(chunk) {
+                    return false;
+                }
+                seen.insert(*print)
+            })
+            .map(|(chunk, _)| chunk)
+            .collect();
+        Candidates {
+            chunks,
+            total,
+            unique,
+        }
+    }
+
+    /// Ranks candidates against `query` plus the names-near-cursor boost, and
+    /// selects: kept chunks first, then by score (ties: nearer the cursor) while
+    /// within `max_chunks` and the budget; returned in document order.
+    fn select(
+        &self,
+        candidates: Vec<Chunk>,
+        query: &[Term],
+        window: Option<&Range<usize>>,
+    ) -> Vec<Chunk> {
+        let config = self.config();
+        let index = Bm25::new(candidates.iter().map(|c| c.text(self.text)));
+        let mut scores = index.scores(query);
+        let region = self.cursor_region(window);
+        // Without an instruction (FIM), rank by the cursor and add nothing that
+        // does not match it rather than guess.
+        let positive_only = window.is_some();
+        let near: HashSet<&str> = region.iter().flat_map(|part| identifiers(part)).collect();
+        for (score, chunk) in scores.iter_mut().zip(&candidates) {
+            if chunk
+                .name
+                .as_deref()
+                .is_some_and(|name| near.contains(name))
+            {
+                *score += DEFINES_NAME_BOOST;
+            }
+        }
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ca, cb) = (&candidates[a], &candidates[b]);
+            self.must_keep(cb)
+                .cmp(&self.must_keep(ca))
+                .then(scores[b].total_cmp(&scores[a]))
+                .then(self.distance(ca).cmp(&self.distance(cb)))
+                .then(a.cmp(&b))
+        });
+        let mut picked = Vec::new();
+        let mut used = 0;
+        for i in order {
+            let chunk = &candidates[i];
+            let keep = self.must_keep(chunk);
+            if !keep && (picked.len() >= config.max_chunks || (positive_only && scores[i] <= 0.0)) {
+                continue;
+            }
+            let size = chunk.text(self.text).chars().count();
+            if !keep && used + size > config.budget_chars {
+                continue;
+            }
+            used += size;
+            picked.push(i);
+        }
+        picked.sort_unstable();
+        let mut candidates: Vec<Option<Chunk>> = candidates.into_iter().map(Some).collect();
+        picked
+            .into_iter()
+            .filter_map(|i| candidates[i].take())
+            .collect()
+    }
+
+    fn fim(&self, text_chars: usize) -> Context {
+        let text = self.text;
+        let whole = |stats: ContextStats| Context {
+            mode: Mode::Fim,
+            prefix: text[..self.cursor].to_owned(),
+            suffix: text[self.cursor..].to_owned(),
+            extra: Vec::new(),
+            prompt: None,
+            instruction: None,
+            stats: ContextStats {
+                chunks_selected: 0,
+                ..stats
+            },
+        };
+        let mut stats = ContextStats::default();
+        stats.set_chars(text_chars, text_chars);
+        if !self.chunk {
+            return whole(stats);
+        }
+        let (prefix, suffix) = windows(text, self.lines, self.cursor, self.config());
+        let window = prefix.start..suffix.end;
+        let overlaps =
+            |chunk: &Chunk| chunk.range.start < window.end && window.start < chunk.range.end;
+        let chunks = self.chunks();
+        // Chunks inside the windows are already sent; so is any copy of them.
+        let seen: HashSet<u64> = chunks
+            .iter()
+            .filter(|chunk| overlaps(chunk))
+            .map(|chunk| fingerprint(chunk.text(text)))
+            .collect();
+        let Candidates {
+            chunks,
+            total,
+            unique,
+        } = self.dedup(chunks, seen);
+        stats.chunks_total = total;
+        stats.chunks_unique = unique;
+        let candidates: Vec<Chunk> = chunks.into_iter().filter(|c| !overlaps(c)).collect();
+        let mut query = Vec::new();
+        for part in self.cursor_region(Some(&window)) {
+            terms(part, &mut query);
+        }
+        let selected = self.select(candidates, &query, Some(&window));
+        let extra = self.extra(&selected);
+        let after = text[prefix.clone()].chars().count()
+            + text[suffix.clone()].chars().count()
+            + extra
+                .iter()
+                .map(|c| c.label.chars().count() + 1 + c.text.chars().count())
+                .sum::<usize>();
+        if after as f32 >= (1.0 - self.config().min_saving) * text_chars as f32 {
+            return whole(stats);
+        }
+        stats.chunks_selected = extra.len();
+        stats.set_chars(text_chars, after);
+        Context {
+            mode: Mode::Fim,
+            prefix: text[prefix].to_owned(),
+            suffix: text[suffix].to_owned(),
+            extra,
+            prompt: None,
+            instruction: None,
+            stats,
+        }
+    }
+
+    fn instruction(&self, instruction: &str, text_chars: usize) -> Context {
+        let text = self.text;
+        let mut stats = ContextStats::default();
+        let mut selected = Vec::new();
+        let mut code = text.to_owned();
+        if self.chunk {
+            let Candidates {
+                chunks,
+                total,
+                unique,
+            } = self.dedup(self.chunks(), HashSet::new());
+            stats.chunks_total = total;
+            stats.chunks_unique = unique;
+            let mut query = Vec::new();
+            terms(instruction, &mut query);
+            selected = self.select(chunks, &query, None);
+            let joined = join_chunks(text, &selected);
+            if (joined.chars().count() as f32)
+                < (1.0 - self.config().min_saving) * text_chars as f32
+            {
+                code = joined;
+            } else {
+                selected.clear();
+            }
+        }
+        let prompt = instruction_prompt(self.doc.language(), instruction, &code);
+        stats.chunks_selected = selected.len();
+        stats.set_chars(
+            text_chars + instruction.chars().count(),
+            prompt.chars().count(),
+        );
+        Context {
+            mode: Mode::Instruction,
+            prefix: String::new(),
+            suffix: String::new(),
+            extra: self.extra(&selected),
+            prompt: Some(prompt),
+            instruction: Some(instruction.to_owned()),
+            stats,
+        }
+    }
+}
+
+/// Selected chunks as one piece of code: adjacent chunks run on, separate ones
+/// are set apart by a blank line.
+fn join_chunks(text: &str, chunks: &[Chunk]) -> String {
+    let mut code = String::new();
+    let mut last_end = None;
+    for chunk in chunks {
+        if last_end.is_some_and(|end| end != chunk.range.start) {
+            if !code.ends_with('\n') {
+                code.push('\n');
+            }
+            code.push('\n');
+        }
+        code.push_str(chunk.text(text));
+        last_end = Some(chunk.range.end);
+    }
+    code
+}

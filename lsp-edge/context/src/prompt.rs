@@ -1,0 +1,293 @@
+//! What the engine hands out: a fill-in-the-middle context or an instruction-first
+//! prompt, with statistics, and the bounded prefix and suffix windows.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use crate::chunk::LineIndex;
+use crate::{EngineConfig, Language};
+
+/// How the context is meant to be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Fill in the middle at a cursor: `extra`, then `prefix`, then `suffix`.
+    Fim,
+    /// An instruction-first prompt in `prompt`.
+    Instruction,
+}
+
+/// A chunk from elsewhere in the document, sent ahead of the prefix as
+/// `<|file_sep|>label\ntext`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExtraChunk {
+    /// `path::symbol`, or `symbol` without a path.
+    pub label: String,
+    pub text: String,
+}
+
+/// What the pipeline did, for logs, the CLI and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ContextStats {
+    /// Chunks the document split into.
+    pub chunks_total: usize,
+    /// Distinct chunks after deduplication.
+    pub chunks_unique: usize,
+    /// Chunks in the result: extra chunks (FIM) or chunks in the prompt.
+    pub chunks_selected: usize,
+    /// Characters of the document (and of a separately given instruction).
+    pub chars_before: usize,
+    /// Characters sent: prefix, suffix and extra chunks with labels, or the prompt.
+    pub chars_after: usize,
+    /// `100 * (1 - chars_after / chars_before)`; negative when the prompt's
+    /// framing outweighs a tiny document.
+    pub reduction_percent: f32,
+    pub elapsed_us: u64,
+}
+
+impl ContextStats {
+    pub(crate) fn set_chars(&mut self, before: usize, after: usize) {
+        self.chars_before = before;
+        self.chars_after = after;
+        self.reduction_percent = if before == 0 {
+            0.0
+        } else {
+            let percent = 100.0 * (1.0 - after as f64 / before as f64);
+            ((percent * 10.0).round() / 10.0) as f32
+        };
+    }
+}
+
+/// The engine's answer for one request.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Context {
+    pub mode: Mode,
+    /// Text before the cursor (FIM); empty in instruction mode.
+    pub prefix: String,
+    /// Text after the cursor (FIM); empty in instruction mode.
+    pub suffix: String,
+    /// Selected chunks in document order: extra context (FIM) or the chunks that
+    /// make up the prompt's code (instruction mode).
+    pub extra: Vec<ExtraChunk>,
+    /// The instruction-first prompt (instruction mode only).
+    pub prompt: Option<String>,
+    pub instruction: Option<String>,
+    pub stats: ContextStats,
+}
+
+/// Byte ranges of the prefix and suffix windows around a cursor.
+///
+/// The prefix is the cursor line up to the cursor plus whole lines before it,
+/// up to `prefix_max_lines` lines and `prefix_max_chars` characters; the cursor
+/// line does not count against the limits, so typing on a line never moves the
+/// window's start (which keeps the leading text, and the KV cache, stable). The
+/// suffix is the rest of the cursor line plus whole lines after it within its
+/// own limits.
+pub(crate) fn windows(
+    text: &str,
+    lines: &LineIndex,
+    cursor: usize,
+    config: &EngineConfig,
+) -> (Range<usize>, Range<usize>) {
+    let chars = |range: Range<usize>| text[range].chars().count();
+    let cursor_line = lines.line_of(cursor);
+    let line_start = lines.line_start(cursor_line);
+
+    let mut prefix_start = line_start;
+    let head = chars(line_start..cursor);
+    if head > config.prefix_max_chars {
+        prefix_start = nth_char_back(text, cursor, config.prefix_max_chars);
+    } else {
+        let mut used = 0;
+        let mut line = cursor_line;
+        while line > 0 && cursor_line - line < config.prefix_max_lines {
+            let size = chars(lines.line_start(line - 1)..lines.line_start(line));
+            if used + size > config.prefix_max_chars {
+                break;
+            }
+            used += size;
+            line -= 1;
+        }
+        prefix_start = prefix_start.min(lines.line_start(line));
+    }
+
+    let line_end = lines.line_end(cursor_line);
+    let tail = chars(cursor..line_end);
+    let suffix_end = if tail > config.suffix_max_chars {
+        nth_char_forward(text, cursor, config.suffix_max_chars)
+    } else {
+        let mut used = tail;
+        let mut line = cursor_line + 1;
+        while line < lines.len() && line - cursor_line <= config.suffix_max_lines {
+            let size = chars(lines.line_start(line)..lines.line_end(line));
+            if used + size > config.suffix_max_chars {
+                break;
+            }
+            used += size;
+            line += 1;
+        }
+        lines.line_start(line)
+    };
+    (prefix_start..cursor, cursor..suffix_end)
+}
+
+fn nth_char_back(text: &str, from: usize, n: usize) -> usize {
+    text[..from]
+        .char_indices()
+        .rev()
+        .nth(n.saturating_sub(1))
+        .map_or(0, |(i, _)| i)
+}
+
+fn nth_char_forward(text: &str, from: usize, n: usize) -> usize {
+    text[from..]
+        .char_indices()
+        .nth(n)
+        .map_or(text.len(), |(i, _)| from + i)
+}
+
+/// The instruction-first prompt:
+///
+/// ````text
+/// # INSTRUCTION: Refactor to use async/await
+///
+/// Here is the code:
+/// ```python
+/// [selected chunks]
+/// ```
+///
+/// Refactored code:
+/// ```python
+/// ````
+pub(crate) fn instruction_prompt(language: Language, instruction: &str, code: &str) -> String {
+    let fence = language.fence_tag();
+    let newline = if code.ends_with('\n') { "" } else { "\n" };
+    format!(
+        "# INSTRUCTION: {instruction}\n\nHere is the code:\n```{fence}\n{code}{newline}```\n\n\
+         Refactored code:\n```{fence}\n"
+    )
+}
+
+/// A human-readable view of a context, for `lsp-edge context` without `--json`.
+pub fn render_text(ctx: &Context) -> String {
+    let mut out = String::new();
+    let section = |out: &mut String, title: &str, body: &str| {
+        let _ = writeln!(out, "--- {title} ---");
+        out.push_str(body);
+        if !body.is_empty() && !body.ends_with('\n') {
+            out.push('\n');
+        }
+    };
+    match ctx.mode {
+        Mode::Fim => {
+            out.push_str("mode: fim\n");
+            for chunk in &ctx.extra {
+                section(&mut out, &format!("extra: {}", chunk.label), &chunk.text);
+            }
+            section(&mut out, "prefix", &ctx.prefix);
+            section(&mut out, "suffix", &ctx.suffix);
+        }
+        Mode::Instruction => {
+            out.push_str("mode: instruction\n");
+            if let Some(instruction) = &ctx.instruction {
+                let _ = writeln!(out, "instruction: {instruction}");
+            }
+            let labels: Vec<&str> = ctx.extra.iter().map(|c| c.label.as_str()).collect();
+            if !labels.is_empty() {
+                let _ = writeln!(out, "chunks: {}", labels.join(", "));
+            }
+            section(&mut out, "prompt", ctx.prompt.as_deref().unwrap_or(""));
+        }
+    }
+    let stats = &ctx.stats;
+    let _ = writeln!(
+        out,
+        "--- stats ---\nchunks: {} found, {} unique, {} selected\n\
+         chars: {} before, {} after, {:.1}% reduction\ntime: {} us",
+        stats.chunks_total,
+        stats.chunks_unique,
+        stats.chunks_selected,
+        stats.chars_before,
+        stats.chars_after,
+        stats.reduction_percent,
+        stats.elapsed_us,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    #[test]
+    fn windows_are_bounded_by_lines_and_chars() {
+        let text = "l1\nl2\nl3\nl4 cur|sor\nl5\nl6\nl7\n";
+        let cursor = text.find('|').unwrap();
+        let config = EngineConfig {
+            prefix_max_lines: 2,
+            suffix_max_lines: 1,
+            ..EngineConfig::default()
+        };
+        let lines = LineIndex::new(text);
+        let (prefix, suffix) = windows(text, &lines, cursor, &config);
+        assert_eq!(&text[prefix], "l2\nl3\nl4 cur");
+        assert_eq!(&text[suffix], "|sor\nl5\n");
+
+        let config = EngineConfig {
+            prefix_max_chars: 7,
+            suffix_max_chars: 5,
+            ..EngineConfig::default()
+        };
+        let (prefix, suffix) = windows(text, &lines, cursor, &config);
+        assert_eq!(&text[prefix], "l2\nl3\nl4 cur");
+        assert_eq!(&text[suffix], "|sor\n");
+    }
+
+    #[test]
+    fn windows_count_characters_not_bytes() {
+        // Each line is 3 characters but 9 bytes (two CJK characters and `\n`).
+        let text = "一二\n三四\n五六\n七$0八\n";
+        let cursor = text.find('$').unwrap();
+        let config = EngineConfig {
+            prefix_max_chars: 6,
+            suffix_max_chars: 4,
+            ..EngineConfig::default()
+        };
+        let (prefix, suffix) = windows(text, &LineIndex::new(text), cursor, &config);
+        assert_eq!(&text[prefix], "三四\n五六\n七");
+        assert_eq!(&text[suffix], "$0八\n");
+        // A cursor line longer than the limit is cut at a character.
+        let text = "😀😀😀😀|😀😀😀";
+        let cursor = text.find('|').unwrap();
+        let config = EngineConfig {
+            prefix_max_chars: 2,
+            suffix_max_chars: 2,
+            ..EngineConfig::default()
+        };
+        let (prefix, suffix) = windows(text, &LineIndex::new(text), cursor, &config);
+        assert_eq!(&text[prefix], "😀😀");
+        assert_eq!(&text[suffix], "|😀");
+    }
+
+    #[test]
+    fn instruction_prompt_layout() {
+        expect![[r#"
+            # INSTRUCTION: Refactor to use async/await
+
+            Here is the code:
+            ```python
+            def f():
+                return 1
+            ```
+
+            Refactored code:
+            ```python
+        "#]]
+        .assert_eq(&instruction_prompt(
+            Language::Python,
+            "Refactor to use async/await",
+            "def f():\n    return 1",
+        ));
+    }
+}

@@ -1,0 +1,665 @@
+//! Data-driven tests of the whole pipeline: fixtures with a `$0` cursor in, chunk
+//! listings and rendered contexts out.
+
+use expect_test::{expect, Expect};
+
+use crate::chunk::ChunkKind;
+use crate::{render_text, ContextEngine, ContextOptions, EngineConfig, Language};
+
+/// Small limits so that short fixtures exercise splitting and selection.
+fn small_config() -> EngineConfig {
+    EngineConfig {
+        min_chars_to_chunk: 0,
+        min_saving: 0.0,
+        max_chunk_chars: 400,
+        prefix_max_lines: 3,
+        suffix_max_lines: 1,
+        ..EngineConfig::default()
+    }
+}
+
+/// Splits a fixture at its `$0` marker: the text without it, and its byte offset
+/// (the end of the text when there is none).
+fn cursor(fixture: &str) -> (String, usize) {
+    match fixture.find("$0") {
+        Some(offset) => (fixture.replacen("$0", "", 1), offset),
+        None => (fixture.to_owned(), fixture.len()),
+    }
+}
+
+fn list_chunks(language: Language, text: &str, config: EngineConfig) -> String {
+    let engine = ContextEngine::new(config).unwrap();
+    let doc = engine.parse(language, text.to_owned());
+    let chunks = engine.chunks(&doc);
+    let lines = crate::chunk::LineIndex::new(text);
+    let mut out = String::new();
+    let mut last_end = 0;
+    for chunk in &chunks {
+        // Chunks are ordered, disjoint (blocks overlap on purpose), and cut on
+        // character boundaries.
+        assert!(
+            chunk.range.start >= last_end || chunk.kind == ChunkKind::Block,
+            "{chunk:?}"
+        );
+        assert!(text.is_char_boundary(chunk.range.start) && text.is_char_boundary(chunk.range.end));
+        last_end = chunk.range.end;
+        let kind = match chunk.kind {
+            ChunkKind::Definition => "def",
+            ChunkKind::Glue => "glue",
+            ChunkKind::Block => "block",
+        };
+        let first = lines.line_of(chunk.range.start) + 1;
+        let last = lines.line_of(chunk.range.end - 1) + 1;
+        let first_line = chunk.text(text).lines().next().unwrap_or("").trim_end();
+        let lines = format!("{first}-{last}");
+        out.push_str(&format!(
+            "{lines:<6}{kind:6}{:<22} {first_line}\n",
+            chunk.symbol
+        ));
+    }
+    out
+}
+
+fn check_chunks(language: Language, fixture: &str, expect: Expect) {
+    expect.assert_eq(&list_chunks(language, fixture, small_config()));
+}
+
+fn render(language: Language, fixture: &str, config: EngineConfig, opts: ContextOptions) -> String {
+    let (text, cursor) = cursor(fixture);
+    let engine = ContextEngine::new(config).unwrap();
+    let mut ctx = engine.context_for_text(language, &text, cursor, &opts);
+    ctx.stats.elapsed_us = 0;
+    render_text(&ctx)
+}
+
+fn check_fim(language: Language, fixture: &str, expect: Expect) {
+    let opts = ContextOptions {
+        path: Some("src/app".into()),
+        ..ContextOptions::default()
+    };
+    expect.assert_eq(&render(language, fixture, small_config(), opts));
+}
+
+const PYTHON_CLIENT: &str = r#"import os
+from typing import List
+
+# Retry policy for flaky calls.
+@retry(times=3)
+@log
+def fetch(url):
+    return get(url)
+
+MAX = 10
+
+class Client:
+    """A client with a nested config class, big enough to split."""
+
+    class Config:
+        timeout = 5
+        retries = MAX
+
+    def __init__(self):
+        self.config = Client.Config()
+        self.conn = os.environ.get("CONN", "localhost:8080")
+        self.buffer: List[bytes] = []
+
+    async def send(self, data):
+        # Sends and waits for the peer.
+        await self.conn.write(data)
+        self.buffer.append(data)
+        return len(self.buffer)
+
+    @property
+    def pending(self):
+        return len(self.buffer)
+
+if __name__ == "__main__":
+    fetch("https://example.com")
+"#;
+
+#[test]
+fn python_decorators_nested_classes_and_async_methods() {
+    check_chunks(
+        Language::Python,
+        PYTHON_CLIENT,
+        expect![[r#"
+            1-2   glue  lines 1-2              import os
+            4-8   def   fetch                  # Retry policy for flaky calls.
+            10-10 glue  line 10                MAX = 10
+            12-13 glue  Client                 class Client:
+            15-17 def   Client::Config             class Config:
+            19-22 def   Client::__init__           def __init__(self):
+            24-28 def   Client::send               async def send(self, data):
+            30-32 def   Client::pending            @property
+            34-35 glue  lines 34-35            if __name__ == "__main__":
+        "#]],
+    );
+}
+
+#[test]
+fn python_small_definitions_stay_whole() {
+    check_chunks(
+        Language::Python,
+        "def a():\n    pass\nclass B:\n    def c(self):\n        pass\n\n\n\nx = a()\n",
+        expect![[r#"
+            1-2   def   a                      def a():
+            3-5   def   B                      class B:
+            9-9   glue  line 9                 x = a()
+        "#]],
+    );
+}
+
+#[test]
+fn oversized_definitions_split_level_by_level() {
+    let config = EngineConfig {
+        max_chunk_chars: 40,
+        ..small_config()
+    };
+    let text = "class Outer:\n    class Inner:\n        def a(self):\n            return 1\n\n        def b(self):\n            return 2\n\n    def c(self):\n        x = 1\n        y = 2\n        z = 3\n        return x + y + z\n";
+    expect![[r#"
+        1-1   glue  Outer                  class Outer:
+        2-2   glue  Outer::Inner               class Inner:
+        3-3   def   Outer::Inner::a                def a(self):
+        4-4   def   Outer::Inner::a                    return 1
+        6-6   def   Outer::Inner::b                def b(self):
+        7-7   def   Outer::Inner::b                    return 2
+        9-10  def   Outer::c                   def c(self):
+        11-12 def   Outer::c                       y = 2
+        13-13 def   Outer::c                       return x + y + z
+    "#]]
+    .assert_eq(&list_chunks(Language::Python, text, config));
+}
+
+#[test]
+fn python_syntax_errors_still_chunk() {
+    check_chunks(
+        Language::Python,
+        "import sys\n\ndef broken(x):\n    return x +\n\ndef fine(y):\n    return y * 2\n\nclass Ok:\n    def m(self:\n        return fine(1)\n",
+        expect![[r#"
+            1-1   glue  line 1                 import sys
+            3-4   def   broken                 def broken(x):
+            6-7   def   fine                   def fine(y):
+            9-11  def   Ok                     class Ok:
+        "#]],
+    );
+    // An unclosed parenthesis turns the rest of a Python file into one ERROR
+    // node: mostly errors, so blocks.
+    check_chunks(
+        Language::Python,
+        "import sys\n\ndef broken(x:\n    return x +\n\ndef fine(y):\n    return y * 2\n",
+        expect![[r#"
+            1-7   block lines 1-7              import sys
+        "#]],
+    );
+}
+
+#[test]
+fn python_unicode_and_crlf() {
+    check_chunks(
+        Language::Python,
+        "# 設定\r\nNAME = \"Grüße 😀\"\r\n\r\ndef 挨拶(名前):\r\n    return f\"こんにちは {名前} 👋\"\r\n\r\nclass Émoji:\r\n    def show(self):\r\n        print(\"🎉\")\r\n",
+        expect![[r#"
+            1-2   glue  lines 1-2              # 設定
+            4-5   def   挨拶                     def 挨拶(名前):
+            7-9   def   Émoji                  class Émoji:
+        "#]],
+    );
+}
+
+#[test]
+fn python_mostly_errors_falls_back_to_blocks() {
+    let config = EngineConfig {
+        fallback_block_chars: 40,
+        fallback_overlap_chars: 12,
+        ..small_config()
+    };
+    let text = "))) ((( def def :::\n}}} {{{ class ]]]\n@@@ !!! $$$ %%%\n))) ((( ::: def\nlast line here\n";
+    expect![[r#"
+        1-2   block lines 1-2              ))) ((( def def :::
+        3-4   block lines 3-4              @@@ !!! $$$ %%%
+        5-5   block line 5                 last line here
+    "#]]
+    .assert_eq(&list_chunks(Language::Python, text, config));
+}
+
+const RUST_ITEMS: &str = r#"use std::collections::HashMap;
+
+/// A key-value store.
+#[derive(Debug, Default)]
+pub struct Store {
+    items: HashMap<String, String>,
+}
+
+pub enum Event { Put(String), Delete(String) }
+
+pub trait Backend {
+    fn load(&self) -> Store;
+}
+
+impl Store {
+    /// Creates an empty store.
+    pub fn new() -> Self {
+        Store { items: HashMap::new() }
+    }
+
+    pub async fn sync(&mut self, backend: &dyn Backend) {
+        let fresh = backend.load();
+        for (key, value) in fresh.items {
+            self.items.insert(key, value);
+        }
+        tokio::task::yield_now().await;
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.items.get(key)
+    }
+}
+
+mod tests {
+    #[test]
+    fn empty() {}
+}
+
+macro_rules! store {
+    () => { Store::new() };
+}
+
+const LIMIT: usize = 64;
+"#;
+
+#[test]
+fn rust_impl_blocks_traits_attributes_and_async_fns() {
+    check_chunks(
+        Language::Rust,
+        RUST_ITEMS,
+        expect![[r#"
+        1-1   glue  line 1                 use std::collections::HashMap;
+        3-7   def   Store                  /// A key-value store.
+        9-9   def   Event                  pub enum Event { Put(String), Delete(String) }
+        11-13 def   Backend                pub trait Backend {
+        15-15 glue  Store                  impl Store {
+        16-19 def   Store::new                 /// Creates an empty store.
+        21-27 def   Store::sync                pub async fn sync(&mut self, backend: &dyn Backend) {
+        29-33 def   Store::get                 #[inline]
+        35-38 def   tests                  mod tests {
+        40-42 def   store                  macro_rules! store {
+        44-44 glue  line 44                const LIMIT: usize = 64;
+    "#]],
+    );
+}
+
+#[test]
+fn rust_syntax_errors_still_chunk() {
+    check_chunks(
+        Language::Rust,
+        "fn good() -> u8 { 1 }\n\nfn broken( {\n    let x = ;\n}\n\nstruct After { a: u8 }\n\nimpl After {\n    fn a(&self) -> u8 { self.a }\n}\n",
+        expect![[r#"
+            1-1   def   good                   fn good() -> u8 { 1 }
+            3-5   def   broken                 fn broken( {
+            7-7   def   After                  struct After { a: u8 }
+            9-11  def   After                  impl After {
+        "#]],
+    );
+}
+
+#[test]
+fn rust_unicode_and_crlf() {
+    check_chunks(
+        Language::Rust,
+        "// 日本語のコメント 🦀\r\nconst GREETING: &str = \"héllo 😀\";\r\n\r\nfn grüße() -> &'static str {\r\n    \"👋\"\r\n}\r\n\r\nstruct 点 { x: f32 }\r\n",
+        expect![[r#"
+            1-2   glue  lines 1-2              // 日本語のコメント 🦀
+            4-6   def   grüße                  fn grüße() -> &'static str {
+            8-8   def   点                      struct 点 { x: f32 }
+        "#]],
+    );
+}
+
+#[test]
+fn other_languages_chunk_in_overlapping_blocks() {
+    let config = EngineConfig {
+        fallback_block_chars: 30,
+        fallback_overlap_chars: 10,
+        ..small_config()
+    };
+    let text = "line one\nline two 😀\nline three\nline four\nline five\nline six\nline seven\n";
+    expect![[r#"
+        1-2   block lines 1-2              line one
+        3-4   block lines 3-4              line three
+        4-6   block lines 4-6              line four
+        6-7   block lines 6-7              line six
+    "#]]
+    .assert_eq(&list_chunks(Language::Other, text, config));
+}
+
+const PYTHON_SERVICE: &str = r#"import json
+
+def load_users(path):
+    with open(path) as f:
+        return json.load(f)
+
+def format_user(user):
+    return f"{user['name']} <{user['email']}>"
+
+def unrelated_math(a, b):
+    return a * b + 42
+
+def fetch_user(users, user_id):
+    for user in users:
+        if user["id"] == user_id:
+            return user
+    return None
+
+def main():
+    users = load_users("users.json")
+    user = fetch_user(users, 7)
+    print(format_$0)
+
+def format_user(user):
+    return f"{user['name']} <{user['email']}>"
+"#;
+
+#[test]
+fn fim_adds_definitions_used_near_the_cursor() {
+    // `fetch_user` and `load_users` are called near the cursor and come first;
+    // `format_` is half typed and does not count. `unrelated_math` matches
+    // nothing and is left out rather than guessed at.
+    check_fim(
+        Language::Python,
+        PYTHON_SERVICE,
+        expect![[r#"
+        mode: fim
+        --- extra: src/app::load_users ---
+        def load_users(path):
+            with open(path) as f:
+                return json.load(f)
+        --- extra: src/app::format_user ---
+        def format_user(user):
+            return f"{user['name']} <{user['email']}>"
+        --- extra: src/app::fetch_user ---
+        def fetch_user(users, user_id):
+            for user in users:
+                if user["id"] == user_id:
+                    return user
+            return None
+        --- prefix ---
+        def main():
+            users = load_users("users.json")
+            user = fetch_user(users, 7)
+            print(format_
+        --- suffix ---
+        )
+
+        --- stats ---
+        chunks: 7 found, 6 unique, 3 selected
+        chars: 511 before, 437 after, 14.5% reduction
+        time: 0 us
+    "#]],
+    );
+}
+
+#[test]
+fn fim_in_rust_impl() {
+    let fixture = RUST_ITEMS.replace(
+        "self.items.get(key)",
+        "self.items.get(key).or_else(|| Store::$0)",
+    );
+    check_fim(
+        Language::Rust,
+        &fixture,
+        expect![[r#"
+        mode: fim
+        --- extra: src/app::Store ---
+        /// A key-value store.
+        #[derive(Debug, Default)]
+        pub struct Store {
+            items: HashMap<String, String>,
+        }
+        --- extra: src/app::Event ---
+        pub enum Event { Put(String), Delete(String) }
+        --- extra: src/app::Store::sync ---
+            pub async fn sync(&mut self, backend: &dyn Backend) {
+                let fresh = backend.load();
+                for (key, value) in fresh.items {
+                    self.items.insert(key, value);
+                }
+                tokio::task::yield_now().await;
+            }
+        --- prefix ---
+
+            #[inline]
+            pub fn get(&self, key: &str) -> Option<&String> {
+                self.items.get(key).or_else(|| Store::
+        --- suffix ---
+        )
+            }
+        --- stats ---
+        chunks: 11 found, 11 unique, 3 selected
+        chars: 841 before, 562 after, 33.2% reduction
+        time: 0 us
+    "#]],
+    );
+}
+
+#[test]
+fn small_documents_are_sent_whole() {
+    let config = EngineConfig::default();
+    let out = render(
+        Language::Python,
+        "def f():\n    return $0\n",
+        config,
+        ContextOptions::default(),
+    );
+    expect![[r#"
+        mode: fim
+        --- prefix ---
+        def f():
+            return 
+        --- suffix ---
+
+        --- stats ---
+        chunks: 0 found, 0 unique, 0 selected
+        chars: 21 before, 21 after, 0.0% reduction
+        time: 0 us
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn instruction_mode_keeps_the_enclosing_chunk_and_ranks_by_instruction() {
+    let opts = ContextOptions {
+        instruction: Some("Make load_users handle a missing file".into()),
+        path: Some("svc.py".into()),
+        selection: None,
+    };
+    let config = EngineConfig {
+        max_chunks: 2,
+        ..small_config()
+    };
+    expect![[r#"
+        mode: instruction
+        instruction: Make load_users handle a missing file
+        chunks: svc.py::load_users, svc.py::main
+        --- prompt ---
+        # INSTRUCTION: Make load_users handle a missing file
+
+        Here is the code:
+        ```python
+        def load_users(path):
+            with open(path) as f:
+                return json.load(f)
+
+        def main():
+            users = load_users("users.json")
+            user = fetch_user(users, 7)
+            print(format_)
+        ```
+
+        Refactored code:
+        ```python
+        --- stats ---
+        chunks: 7 found, 6 unique, 2 selected
+        chars: 548 before, 291 after, 46.9% reduction
+        time: 0 us
+    "#]]
+    .assert_eq(&render(Language::Python, PYTHON_SERVICE, config, opts));
+}
+
+#[test]
+fn instruction_in_the_text_is_extracted() {
+    let fixture = format!("# TODO: convert fetch_user to a dict lookup\n{PYTHON_SERVICE}");
+    let config = EngineConfig {
+        max_chunks: 2,
+        ..small_config()
+    };
+    let out = render(
+        Language::Python,
+        &fixture,
+        config,
+        ContextOptions::default(),
+    );
+    expect![[r#"
+        mode: instruction
+        instruction: convert fetch_user to a dict lookup
+        chunks: fetch_user, main
+        --- prompt ---
+        # INSTRUCTION: convert fetch_user to a dict lookup
+
+        Here is the code:
+        ```python
+        def fetch_user(users, user_id):
+            for user in users:
+                if user["id"] == user_id:
+                    return user
+            return None
+
+        def main():
+            users = load_users("users.json")
+            user = fetch_user(users, 7)
+            print(format_)
+        ```
+
+        Refactored code:
+        ```python
+        --- stats ---
+        chunks: 7 found, 6 unique, 2 selected
+        chars: 555 before, 342 after, 38.4% reduction
+        time: 0 us
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn selection_is_always_kept() {
+    let (text, _) = cursor(PYTHON_SERVICE);
+    let start = text.find("def unrelated_math").unwrap();
+    let opts = ContextOptions {
+        instruction: Some("Add type hints".into()),
+        path: None,
+        selection: Some(start..start + 10),
+    };
+    let config = EngineConfig {
+        max_chunks: 1,
+        ..small_config()
+    };
+    let engine = ContextEngine::new(config).unwrap();
+    let ctx = engine.context_for_text(Language::Python, &text, 0, &opts);
+    let labels: Vec<&str> = ctx.extra.iter().map(|c| c.label.as_str()).collect();
+    // The chunk at the cursor (offset 0) and the selected one, over max_chunks.
+    assert_eq!(labels, ["line 1", "unrelated_math"]);
+}
+
+#[test]
+fn saving_under_the_minimum_sends_the_document_whole() {
+    let config = EngineConfig {
+        min_saving: 0.10,
+        prefix_max_lines: 100,
+        suffix_max_lines: 100,
+        ..small_config()
+    };
+    let (text, cursor) = cursor(PYTHON_SERVICE);
+    let engine = ContextEngine::new(config).unwrap();
+    let ctx = engine.context_for_text(Language::Python, &text, cursor, &ContextOptions::default());
+    assert_eq!(ctx.prefix.len() + ctx.suffix.len(), text.len());
+    assert!(ctx.extra.is_empty());
+    assert_eq!(ctx.stats.reduction_percent, 0.0);
+}
+
+/// Typing at the cursor must not change the extra chunks or the start of the
+/// prefix: that leading text is what the inference server's KV cache holds.
+#[test]
+fn keystrokes_keep_the_leading_text_stable() {
+    let (mut text, mut cursor) = cursor(PYTHON_SERVICE);
+    let engine = ContextEngine::new(small_config()).unwrap();
+    let mut doc = engine.parse(Language::Python, text.clone());
+    let first = engine.context(&doc, cursor, &ContextOptions::default());
+    assert!(!first.extra.is_empty());
+    for typed in ["u", "s", "e", "r", "(", "u", "s", "e", "r", ")"] {
+        doc.apply_edit(&engine, cursor..cursor, typed);
+        text.insert_str(cursor, typed);
+        cursor += typed.len();
+        assert_eq!(doc.text(), text);
+        let ctx = engine.context(&doc, cursor, &ContextOptions::default());
+        assert_eq!(ctx.extra, first.extra, "after typing {typed:?}");
+        assert!(ctx.prefix.starts_with(&first.prefix), "{:?}", ctx.prefix);
+    }
+}
+
+#[test]
+fn context_json_has_the_documented_shape() {
+    let engine = ContextEngine::new(small_config()).unwrap();
+    let (text, cursor) = cursor(PYTHON_SERVICE);
+    let ctx = engine.context_for_text(Language::Python, &text, cursor, &ContextOptions::default());
+    let mut json = serde_json::to_value(&ctx).unwrap();
+    json["stats"]["elapsed_us"] = 0.into();
+    let keys = |value: &serde_json::Value| {
+        value
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(json["mode"], "fim");
+    expect!["extra,instruction,mode,prefix,prompt,stats,suffix"].assert_eq(&keys(&json));
+    expect!["chars_after,chars_before,chunks_selected,chunks_total,chunks_unique,elapsed_us,reduction_percent"]
+        .assert_eq(&keys(&json["stats"]));
+    expect!["label,text"].assert_eq(&keys(&json["extra"][0]));
+}
+
+#[test]
+fn engine_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<ContextEngine>();
+    shared::<crate::Document>();
+}
+
+/// The documents kept by path only make re-parsing cheaper: results are the
+/// same as from a fresh parse.
+#[test]
+fn kept_documents_give_the_same_context_as_fresh_parses() {
+    let engine = ContextEngine::new(small_config()).unwrap();
+    let (text, cursor) = cursor(PYTHON_SERVICE);
+    let kept = ContextOptions {
+        path: Some("svc.py".into()),
+        ..ContextOptions::default()
+    };
+    let edits = [
+        text.clone(),
+        text.replacen("print(format_", "print(format_user(", 1),
+        text.replacen("import json", "import json, os", 1),
+        format!("# TODO: add logging\n{text}"),
+        text.clone(),
+    ];
+    for edited in &edits {
+        let cursor = cursor.min(edited.len());
+        let mut a = engine.context_for_text(Language::Python, edited, cursor, &kept);
+        let fresh = ContextEngine::new(small_config()).unwrap();
+        let mut b = fresh.context_for_text(Language::Python, edited, cursor, &kept);
+        a.stats.elapsed_us = 0;
+        b.stats.elapsed_us = 0;
+        assert_eq!(a, b);
+    }
+}
