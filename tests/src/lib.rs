@@ -5,6 +5,8 @@
 //! binaries are built by cargo and started as child processes on free loopback ports,
 //! and the model files come from `scripts/fetch-model` (cached outside the repo).
 
+pub mod lsp_client;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

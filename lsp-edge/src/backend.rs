@@ -1,0 +1,566 @@
+//! The vps-infer client: one pooled, kept-alive HTTP client, streamed inference
+//! through the circuit breaker, and `/health`. It knows nothing of LSP.
+//!
+//! Dropping a [`TokenStream`] drops the HTTP response, which makes vps-infer stop
+//! decoding within one token: that is how cancellation reaches the model.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::breaker::{BreakerOpen, BreakerPermit, CircuitBreaker};
+use crate::config::{BackendConfig, Secret};
+
+/// One context chunk placed before the prompt (`{"label", "text"}` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraChunk {
+    pub label: String,
+    pub text: String,
+}
+
+/// `POST /v1/inference`'s body. With `suffix` it is a fill-in-the-middle request and
+/// vps-infer builds the model's FIM prompt itself (`prompt` is then the prefix).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InferenceRequest {
+    pub prompt: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<ExtraChunk>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    pub stream: bool,
+}
+
+/// The final event's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct GenerationStats {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    pub inference_time: f64,
+    pub tokens_per_second: f64,
+    pub stop_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Token(String),
+    Done(GenerationStats),
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    pub status: String,
+    pub model_loaded: Option<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    BreakerOpen(#[from] BreakerOpen),
+    #[error("cannot reach vps-infer at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("vps-infer sent no token within {}s", .0.as_secs_f32())]
+    FirstTokenTimeout(Duration),
+    #[error("vps-infer did not finish within {}s", .0.as_secs_f32())]
+    TotalTimeout(Duration),
+    #[error("vps-infer refused the request ({status} {kind}): {message}")]
+    Api {
+        status: u16,
+        kind: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("vps-infer's stream broke off: {0}")]
+    Stream(String),
+    #[error("vps-infer sent something unexpected: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    /// Whether this says vps-infer is unwell (and so counts for the breaker):
+    /// connection errors, timeouts, 5xx. A 4xx is a healthy service saying no.
+    pub fn counts_as_failure(&self) -> bool {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::FirstTokenTimeout(_)
+            | BackendError::TotalTimeout(_)
+            | BackendError::Stream(_) => true,
+            BackendError::Api { status, .. } => *status >= 500,
+            BackendError::BreakerOpen(_) | BackendError::Protocol(_) => false,
+        }
+    }
+
+    /// Whether vps-infer refused a fill-in-the-middle request because the model has
+    /// no FIM tokens (a 400 `invalid_request_error` that says so).
+    pub fn is_fim_unsupported(&self) -> bool {
+        match self {
+            BackendError::Api {
+                status: 400,
+                kind,
+                message,
+                ..
+            } if kind == "invalid_request_error" => {
+                let message = message.to_ascii_lowercase();
+                message.contains("fim") || message.contains("fill-in")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client for one vps-infer, with its own breaker.
+#[derive(Debug, Clone)]
+pub struct BackendClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<Secret>,
+    config: BackendConfig,
+    breaker: Arc<CircuitBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl BackendClient {
+    pub fn new(
+        config: &BackendConfig,
+        breaker: Arc<CircuitBreaker>,
+    ) -> Result<BackendClient, BackendError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|err| BackendError::Protocol(format!("cannot build HTTP client: {err}")))?;
+        Ok(BackendClient {
+            http,
+            base_url: config.url.trim_end_matches('/').to_owned(),
+            api_key: config.api_key.clone(),
+            config: config.clone(),
+            breaker,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    pub fn config(&self) -> &BackendConfig {
+        &self.config
+    }
+
+    /// Starts a streamed generation. The breaker refuses at once while open.
+    pub async fn stream(&self, request: &InferenceRequest) -> Result<TokenStream, BackendError> {
+        let permit = self.breaker.admit()?;
+        let started = Instant::now();
+        let first_deadline = started + self.config.first_token_timeout();
+        let total_deadline = started + self.config.total_timeout();
+
+        let mut body = request.clone();
+        body.stream = true;
+        let mut builder = self
+            .http
+            .post(format!("{}/v1/inference", self.base_url))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            builder = builder.header("X-API-Key", key.expose());
+        }
+
+        let response = match tokio::time::timeout_at(first_deadline, builder.send()).await {
+            Err(_) => {
+                let err = BackendError::FirstTokenTimeout(self.config.first_token_timeout());
+                permit.failed(err.to_string());
+                return Err(err);
+            }
+            Ok(Err(err)) => {
+                let err = self.transport_error(&err);
+                permit.failed(err.to_string());
+                return Err(err);
+            }
+            Ok(Ok(response)) => response,
+        };
+
+        let status = response.status();
+        if !status.is_success() {
+            let err = api_error(response, first_deadline).await;
+            if err.counts_as_failure() {
+                permit.failed(err.to_string());
+            } else {
+                permit.succeeded();
+            }
+            return Err(err);
+        }
+
+        Ok(TokenStream {
+            body: Box::pin(response.bytes_stream()),
+            sse: SseDecoder::default(),
+            pending: VecDeque::new(),
+            first_deadline,
+            total_deadline,
+            first_token_timeout: self.config.first_token_timeout(),
+            total_timeout: self.config.total_timeout(),
+            permit: Some(permit),
+            got_token: false,
+            finished: false,
+        })
+    }
+
+    /// `GET /health`, outside the breaker (it is how a loading model is noticed).
+    pub async fn health(&self) -> Result<Health, BackendError> {
+        let request = self
+            .http
+            .get(format!("{}/health", self.base_url))
+            .timeout(self.config.connect_timeout() + Duration::from_secs(2));
+        let response = request
+            .send()
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+        if !response.status().is_success() {
+            return Err(BackendError::Api {
+                status: response.status().as_u16(),
+                kind: String::new(),
+                message: "health check failed".into(),
+                retry_after: None,
+            });
+        }
+        response
+            .json::<Health>()
+            .await
+            .map_err(|err| BackendError::Protocol(format!("health: {err}")))
+    }
+
+    fn transport_error(&self, err: &reqwest::Error) -> BackendError {
+        if err.is_timeout() {
+            return BackendError::FirstTokenTimeout(self.config.first_token_timeout());
+        }
+        BackendError::Connect {
+            url: self.base_url.clone(),
+            message: error_chain(err),
+        }
+    }
+}
+
+/// The innermost cause is the informative part ("Connection refused").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+async fn api_error(response: reqwest::Response, deadline: Instant) -> BackendError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = match tokio::time::timeout_at(deadline, response.text()).await {
+        Ok(Ok(text)) => text,
+        _ => String::new(),
+    };
+    let (kind, message) = match serde_json::from_str::<ErrorEnvelope>(&text) {
+        Ok(envelope) => (envelope.error.kind, envelope.error.message),
+        Err(_) => (String::new(), text.chars().take(200).collect()),
+    };
+    BackendError::Api {
+        status,
+        kind,
+        message,
+        retry_after,
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// A streamed generation in progress. Dropping it cancels the generation.
+pub struct TokenStream {
+    body: ByteStream,
+    sse: SseDecoder,
+    pending: VecDeque<String>,
+    first_deadline: Instant,
+    total_deadline: Instant,
+    first_token_timeout: Duration,
+    total_timeout: Duration,
+    permit: Option<BreakerPermit>,
+    got_token: bool,
+    finished: bool,
+}
+
+impl std::fmt::Debug for TokenStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream")
+            .field("got_token", &self.got_token)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WireEvent {
+    token: Option<String>,
+    #[serde(default)]
+    done: bool,
+    error: Option<ErrorBodyWithCode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBodyWithCode {
+    #[serde(default)]
+    code: u16,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl TokenStream {
+    /// The next token, or the final statistics; `None` after the end.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, BackendError>> {
+        if self.finished {
+            return None;
+        }
+        let result = self.next_inner().await;
+        match &result {
+            Ok(StreamEvent::Token(_)) => self.got_token = true,
+            Ok(StreamEvent::Done(_)) => {
+                self.finished = true;
+                if let Some(permit) = self.permit.take() {
+                    permit.succeeded();
+                }
+            }
+            Err(err) => {
+                self.finished = true;
+                if let Some(permit) = self.permit.take() {
+                    if err.counts_as_failure() {
+                        permit.failed(err.to_string());
+                    } else {
+                        permit.succeeded();
+                    }
+                }
+            }
+        }
+        Some(result)
+    }
+
+    async fn next_inner(&mut self) -> Result<StreamEvent, BackendError> {
+        loop {
+            while let Some(data) = self.pending.pop_front() {
+                if let Some(event) = parse_event(&data)? {
+                    return Ok(event);
+                }
+            }
+            let (deadline, timeout) = if self.got_token {
+                (
+                    self.total_deadline,
+                    BackendError::TotalTimeout(self.total_timeout),
+                )
+            } else if self.first_deadline <= self.total_deadline {
+                (
+                    self.first_deadline,
+                    BackendError::FirstTokenTimeout(self.first_token_timeout),
+                )
+            } else {
+                (
+                    self.total_deadline,
+                    BackendError::TotalTimeout(self.total_timeout),
+                )
+            };
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return Err(timeout),
+                Ok(None) => {
+                    return Err(BackendError::Stream(
+                        "the stream ended before its final event".into(),
+                    ))
+                }
+                Ok(Some(Err(err))) => return Err(BackendError::Stream(error_chain(&err))),
+                Ok(Some(Ok(bytes))) => self.pending.extend(self.sse.push(&bytes)),
+            }
+        }
+    }
+}
+
+fn parse_event(data: &str) -> Result<Option<StreamEvent>, BackendError> {
+    let event: WireEvent = serde_json::from_str(data)
+        .map_err(|err| BackendError::Protocol(format!("bad event {data:?}: {err}")))?;
+    if let Some(error) = event.error {
+        return Err(BackendError::Api {
+            status: if error.code == 0 { 500 } else { error.code },
+            kind: error.kind,
+            message: error.message,
+            retry_after: None,
+        });
+    }
+    if event.done {
+        let stats: GenerationStats = serde_json::from_str(data)
+            .map_err(|err| BackendError::Protocol(format!("bad final event: {err}")))?;
+        return Ok(Some(StreamEvent::Done(stats)));
+    }
+    Ok(event.token.map(StreamEvent::Token))
+}
+
+impl Drop for TokenStream {
+    fn drop(&mut self) {
+        // Dropped by its reader (cancelled, or trimmed to an end): a stream that has
+        // produced tokens shows a healthy backend; one that has not shows nothing.
+        if let Some(permit) = self.permit.take() {
+            if self.got_token {
+                permit.succeeded();
+            }
+        }
+    }
+}
+
+/// Splits a server-sent-events byte stream into the `data` of each event.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    buffer: Vec<u8>,
+}
+
+impl SseDecoder {
+    /// Feeds bytes; returns the data of every event completed by them.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buffer.extend(bytes.iter().filter(|&&b| b != b'\r'));
+        let mut events = Vec::new();
+        while let Some(end) = find(&self.buffer, b"\n\n") {
+            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&block[..end]);
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|rest| rest.strip_prefix(' ').unwrap_or(rest))
+                .collect();
+            if !data.is_empty() {
+                events.push(data.join("\n"));
+            }
+        }
+        events
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_across_chunks_and_multibyte_characters() {
+        let mut sse = SseDecoder::default();
+        let text = "data: {\"token\":\"é\"}\r\n\r\n: comment\n\ndata: {\"done\":true}\n\n";
+        let bytes = text.as_bytes();
+        let mut events = Vec::new();
+        // Feed one byte at a time, splitting 'é' and the separators.
+        for byte in bytes {
+            events.extend(sse.push(std::slice::from_ref(byte)));
+        }
+        assert_eq!(events, vec!["{\"token\":\"é\"}", "{\"done\":true}"]);
+    }
+
+    #[test]
+    fn events_parse_into_tokens_stats_and_errors() {
+        assert_eq!(
+            parse_event(r#"{"token":"x"}"#).unwrap(),
+            Some(StreamEvent::Token("x".into()))
+        );
+        let done = parse_event(
+            r#"{"done":true,"text":"ab","prompt_tokens":5,"cached_tokens":2,"total_tokens":2,"inference_time":0.1,"tokens_per_second":20.0,"stop_reason":"eos"}"#,
+        )
+        .unwrap();
+        let Some(StreamEvent::Done(stats)) = done else {
+            panic!("{done:?}")
+        };
+        assert_eq!(stats.cached_tokens, 2);
+        assert_eq!(stats.stop_reason, "eos");
+        let err =
+            parse_event(r#"{"error":{"code":503,"type":"unavailable_error","message":"busy"}}"#)
+                .unwrap_err();
+        assert!(err.counts_as_failure());
+        assert!(parse_event("not json").is_err());
+    }
+
+    #[test]
+    fn fim_refusals_are_recognised_and_are_not_failures() {
+        let err = BackendError::Api {
+            status: 400,
+            kind: "invalid_request_error".into(),
+            message: "model smollm2-135m has no FIM tokens".into(),
+            retry_after: None,
+        };
+        assert!(err.is_fim_unsupported());
+        assert!(!err.counts_as_failure());
+        let other = BackendError::Api {
+            status: 400,
+            kind: "invalid_request_error".into(),
+            message: "max_tokens must be within 1..=4096".into(),
+            retry_after: None,
+        };
+        assert!(!other.is_fim_unsupported());
+        let server = BackendError::Api {
+            status: 500,
+            kind: "server_error".into(),
+            message: "boom".into(),
+            retry_after: None,
+        };
+        assert!(server.counts_as_failure());
+    }
+
+    #[test]
+    fn requests_leave_out_unset_fields() {
+        let request = InferenceRequest {
+            prompt: "def f(".into(),
+            max_tokens: 16,
+            temperature: 0.0,
+            stream: true,
+            ..InferenceRequest::default()
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"prompt": "def f(", "max_tokens": 16, "temperature": 0.0, "stream": true})
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! One generation, from a context to a trimmed answer: builds the vps-infer request
+//! (fill-in-the-middle, or a plain continuation for models without FIM tokens),
+//! streams the tokens, publishes the growing text, and stops as soon as trimming
+//! says the answer is complete. It knows nothing of LSP, so an HTTP endpoint can
+//! reuse it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::backend::{
+    BackendClient, BackendError, ExtraChunk, GenerationStats, InferenceRequest, StreamEvent,
+};
+use crate::config::CompletionConfig;
+use crate::trim::TrimContext;
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Fill in between `prefix` and `suffix`, with `extra` chunks for context.
+    Fim {
+        prefix: String,
+        suffix: String,
+        extra: Vec<ExtraChunk>,
+    },
+    /// An instruction-first prompt whose answer is a fenced code block.
+    Instruction { prompt: String },
+}
+
+/// A generation request, free of any protocol.
+#[derive(Debug, Clone)]
+pub struct GenerationInput {
+    pub prompt: Prompt,
+    /// `None`: vps-infer's default model.
+    pub model: Option<String>,
+    /// From config: `Some(false)` when the model is known to lack FIM tokens.
+    pub fim: Option<bool>,
+    pub settings: CompletionConfig,
+}
+
+/// Hooks for a caller that shows progress.
+#[derive(Debug, Default)]
+pub struct Observer {
+    /// Receives the growing trimmed text, at line ends or every `partial_interval`.
+    pub partials: Option<watch::Sender<String>>,
+    /// Fires when the first token arrives.
+    pub first_token: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// The trimmed answer; empty when there is nothing worth showing.
+    pub text: String,
+    /// Whether the request went out as fill-in-the-middle.
+    pub fim: bool,
+    /// Trimming ended the answer before the model did (the stream was dropped).
+    pub cut_early: bool,
+    /// The caller's deadline passed; `text` is what had arrived by then.
+    pub deadline_hit: bool,
+    /// vps-infer's statistics, when it finished the stream.
+    pub stats: Option<GenerationStats>,
+}
+
+/// Models that vps-infer said have no FIM tokens, remembered per backend so that
+/// only the first request pays for the refusal.
+#[derive(Debug, Clone, Default)]
+pub struct FimMemory(Arc<Mutex<HashSet<String>>>);
+
+impl FimMemory {
+    fn key(model: Option<&str>) -> String {
+        model.unwrap_or("").to_owned()
+    }
+
+    pub fn lacks_fim(&self, model: Option<&str>) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&Self::key(model))
+    }
+
+    pub fn remember_no_fim(&self, model: Option<&str>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Self::key(model));
+    }
+}
+
+/// The plain prompt for a model without FIM: the extra chunks, then the prefix.
+pub fn plain_prompt(prefix: &str, extra: &[ExtraChunk]) -> String {
+    let mut prompt = String::new();
+    for chunk in extra {
+        prompt.push_str(&chunk.text);
+        if !chunk.text.ends_with('\n') {
+            prompt.push('\n');
+        }
+        prompt.push('\n');
+    }
+    prompt.push_str(prefix);
+    prompt
+}
+
+fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
+    let settings = &input.settings;
+    let mut request = InferenceRequest {
+        model: input.model.clone(),
+        max_tokens: settings.max_tokens,
+        temperature: settings.temperature,
+        top_p: settings.top_p,
+        stop: settings.stop.clone(),
+        seed: settings.seed,
+        stream: true,
+        ..InferenceRequest::default()
+    };
+    match &input.prompt {
+        Prompt::Fim {
+            prefix,
+            suffix,
+            extra,
+        } if fim => {
+            request.prompt = prefix.clone();
+            request.suffix = Some(suffix.clone());
+            request.extra = extra.clone();
+        }
+        Prompt::Fim { prefix, extra, .. } => request.prompt = plain_prompt(prefix, extra),
+        Prompt::Instruction { prompt } => {
+            request.prompt = prompt.clone();
+            request.stop.push("```".into());
+        }
+    }
+    request
+}
+
+/// Runs one generation. `deadline` bounds the whole call: when it passes, the
+/// text that has arrived is the answer.
+pub async fn generate(
+    backend: &BackendClient,
+    fim_memory: &FimMemory,
+    input: &GenerationInput,
+    mut observer: Observer,
+    deadline: Option<Instant>,
+) -> Result<Generated, BackendError> {
+    let wants_fim = matches!(input.prompt, Prompt::Fim { .. })
+        && input.fim != Some(false)
+        && !fim_memory.lacks_fim(input.model.as_deref());
+    let mut fim = wants_fim;
+    let start = async {
+        match backend.stream(&request_for(input, fim)).await {
+            Err(err) if fim && err.is_fim_unsupported() => {
+                tracing::info!(model = ?input.model, "model has no FIM tokens; using plain completions");
+                fim_memory.remember_no_fim(input.model.as_deref());
+                fim = false;
+                backend.stream(&request_for(input, false)).await
+            }
+            other => other,
+        }
+    };
+    let started = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, start).await.ok(),
+        None => Some(start.await),
+    };
+    let Some(started) = started else {
+        // The budget ran out before vps-infer answered: nothing to show yet.
+        return Ok(Generated {
+            text: String::new(),
+            fim,
+            cut_early: false,
+            deadline_hit: true,
+            stats: None,
+        });
+    };
+    let mut stream = started?;
+
+    let trim = match &input.prompt {
+        Prompt::Fim { prefix, suffix, .. } => {
+            Some(TrimContext::new(prefix, suffix, input.settings.max_lines))
+        }
+        Prompt::Instruction { .. } => None,
+    };
+    let interval = input.settings.partial_interval();
+    let mut raw = String::new();
+    let mut published = String::new();
+    let mut last_publish = Instant::now();
+    let mut cut_early = false;
+    let mut deadline_hit = false;
+    let mut stats = None;
+
+    loop {
+        let event = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    deadline_hit = true;
+                    break;
+                }
+            },
+            None => stream.next().await,
+        };
+        let token = match event {
+            None => break,
+            Some(Err(err)) => return Err(err),
+            Some(Ok(StreamEvent::Done(done))) => {
+                stats = Some(done);
+                break;
+            }
+            Some(Ok(StreamEvent::Token(token))) => token,
+        };
+        if let Some(first) = observer.first_token.take() {
+            let _ = first.send(());
+        }
+        raw.push_str(&token);
+        let view = match &trim {
+            Some(trim) => trim.trim(&raw, false),
+            None => crate::trim::Trimmed {
+                text: raw.clone(),
+                finished: false,
+            },
+        };
+        if view.finished {
+            cut_early = true;
+            break;
+        }
+        if let Some(partials) = &observer.partials {
+            let due = token.contains('\n') || last_publish.elapsed() >= interval;
+            if due && !view.text.is_empty() && view.text != published {
+                published = view.text;
+                last_publish = Instant::now();
+                partials.send_replace(published.clone());
+            }
+        }
+    }
+    // Dropping the stream before its end stops vps-infer's decode loop.
+    drop(stream);
+
+    let text = match &trim {
+        Some(trim) => {
+            let settled = if deadline_hit {
+                // The last line may be half a word: keep whole lines only, unless the
+                // answer is a single line so far.
+                match raw.rfind('\n') {
+                    Some(end) if raw[..end].contains(|c: char| !c.is_whitespace()) => &raw[..end],
+                    _ => raw.as_str(),
+                }
+            } else {
+                raw.as_str()
+            };
+            trim.trim(settled, true).text
+        }
+        None => raw.trim_end().to_owned(),
+    };
+    Ok(Generated {
+        text,
+        fim,
+        cut_early,
+        deadline_hit,
+        stats,
+    })
+}
+
+/// How long a request has been waiting for its first token before it is worth
+/// asking vps-infer whether it is loading a model.
+pub fn load_probe_delay(backend: &BackendClient) -> Duration {
+    Duration::from_millis(backend.config().load_probe_after_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(prompt: Prompt) -> GenerationInput {
+        GenerationInput {
+            prompt,
+            model: Some("m".into()),
+            fim: None,
+            settings: CompletionConfig::default(),
+        }
+    }
+
+    #[test]
+    fn fim_requests_carry_the_suffix_and_extra_chunks() {
+        let chunk = ExtraChunk {
+            label: "util.py::helper".into(),
+            text: "def helper():\n    pass".into(),
+        };
+        let input = input(Prompt::Fim {
+            prefix: "def f():\n    ".into(),
+            suffix: "\n".into(),
+            extra: vec![chunk.clone()],
+        });
+        let fim = request_for(&input, true);
+        assert_eq!(fim.prompt, "def f():\n    ");
+        assert_eq!(fim.suffix.as_deref(), Some("\n"));
+        assert_eq!(fim.extra, vec![chunk]);
+        assert!(fim.stream);
+
+        let plain = request_for(&input, false);
+        assert_eq!(plain.suffix, None);
+        assert!(plain.extra.is_empty());
+        assert_eq!(plain.prompt, "def helper():\n    pass\n\ndef f():\n    ");
+    }
+
+    #[test]
+    fn instruction_prompts_stop_at_the_closing_fence() {
+        let request = request_for(
+            &input(Prompt::Instruction {
+                prompt: "# INSTRUCTION: x\n```python\n".into(),
+            }),
+            true,
+        );
+        assert_eq!(request.suffix, None);
+        assert_eq!(request.stop, vec!["```".to_owned()]);
+    }
+
+    #[test]
+    fn fim_memory_is_per_model() {
+        let memory = FimMemory::default();
+        memory.remember_no_fim(Some("smollm2-135m"));
+        assert!(memory.lacks_fim(Some("smollm2-135m")));
+        assert!(!memory.lacks_fim(Some("qwen")));
+        assert!(!memory.lacks_fim(None));
+    }
+}

@@ -1,0 +1,707 @@
+//! lsp-edge's one typed configuration: defaults < TOML file < `CEREBRUM_*` environment <
+//! command line, validated once at start; a session's `initializationOptions` may then
+//! override the per-session sections (`backend`, `models`, `completion`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cerebrum_context::{EngineConfig, Language};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. Every message names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret string (API key, session token): never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `serve` listens for editors over TCP.
+    pub listen: SocketAddr,
+    /// Shared session token (`initializationOptions.token`); required off loopback.
+    pub token: Option<Secret>,
+    /// LSP messages handled at once per session; keep it well above the number of
+    /// concurrent completions, or `$/cancelRequest` queues behind them.
+    pub session_concurrency: usize,
+    pub backend: BackendConfig,
+    pub breaker: BreakerConfig,
+    pub limits: LimitsConfig,
+    pub completion: CompletionConfig,
+    pub models: ModelsConfig,
+    /// Passed to the context engine unchanged.
+    pub context: EngineConfig,
+    /// The HTTP endpoint for scripts (`[http]`).
+    pub http: crate::http::HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            token: None,
+            session_concurrency: 64,
+            backend: BackendConfig::default(),
+            breaker: BreakerConfig::default(),
+            limits: LimitsConfig::default(),
+            completion: CompletionConfig::default(),
+            models: ModelsConfig::default(),
+            context: EngineConfig::default(),
+            http: crate::http::HttpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    /// vps-infer's base URL.
+    pub url: String,
+    /// vps-infer's key, sent as `X-API-Key`.
+    pub api_key: Option<Secret>,
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the first token (includes a model load and the
+    /// prompt evaluation, so it is generous).
+    pub first_token_timeout_ms: u64,
+    /// From sending the request to the last token.
+    pub total_timeout_ms: u64,
+    /// While a request waits for its first token this long, lsp-edge asks
+    /// `/health` whether vps-infer is loading a model and reports it as progress.
+    pub load_probe_after_ms: u64,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            url: "http://127.0.0.1:9000".into(),
+            api_key: None,
+            connect_timeout_ms: 2_000,
+            first_token_timeout_ms: 30_000,
+            total_timeout_ms: 60_000,
+            load_probe_after_ms: 300,
+        }
+    }
+}
+
+impl BackendConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn first_token_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_token_timeout_ms)
+    }
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_millis(self.total_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures (connection errors, timeouts, 5xx) that open the breaker.
+    pub failure_threshold: u32,
+    /// First cooldown while open; doubled after each failed probe.
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 3,
+            cooldown_ms: 10_000,
+            max_cooldown_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Generations in flight across all sessions; one more is refused at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_in_flight: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompletionConfig {
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    /// Most lines in one completion.
+    pub max_lines: usize,
+    /// `textDocument/completion` answers within this budget with what it has, so that
+    /// other servers' items are not held up.
+    pub budget_ms: u64,
+    /// Streamed partial results are sent at line ends, or at most this often.
+    pub partial_interval_ms: u64,
+}
+
+impl Default for CompletionConfig {
+    fn default() -> Self {
+        CompletionConfig {
+            max_tokens: 128,
+            temperature: 0.2,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            max_lines: 12,
+            budget_ms: 2_000,
+            partial_interval_ms: 50,
+        }
+    }
+}
+
+impl CompletionConfig {
+    pub fn budget(&self) -> Duration {
+        Duration::from_millis(self.budget_ms)
+    }
+    pub fn partial_interval(&self) -> Duration {
+        Duration::from_millis(self.partial_interval_ms)
+    }
+}
+
+/// What a generation is for; each task may use its own model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Completion,
+    Refactor,
+}
+
+/// The models per task, optionally per language.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskModels {
+    /// `None`: vps-infer's default model.
+    pub completion: Option<String>,
+    pub refactor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub completion: Option<String>,
+    pub refactor: Option<String>,
+    /// Per-language choices (`[models.language.python]`), over the ones above.
+    pub language: BTreeMap<String, TaskModels>,
+    /// Whether a model has fill-in-the-middle tokens (`[models.fim] "smollm2-135m" =
+    /// false`). Unlisted models are tried with FIM, and remembered as not having it
+    /// when vps-infer says so.
+    pub fim: BTreeMap<String, bool>,
+}
+
+impl ModelsConfig {
+    /// The model for a task in a language; `None` leaves the choice to vps-infer.
+    pub fn model_for(&self, language: Language, task: Task) -> Option<String> {
+        let pick = |models: &TaskModels| match task {
+            Task::Completion => models.completion.clone(),
+            Task::Refactor => models.refactor.clone(),
+        };
+        let general = TaskModels {
+            completion: self.completion.clone(),
+            refactor: self.refactor.clone().or_else(|| self.completion.clone()),
+        };
+        self.language
+            .get(language.name())
+            .and_then(pick)
+            .or_else(|| pick(&general))
+    }
+
+    /// `Some(false)` when the config says the model has no FIM tokens.
+    pub fn fim(&self, model: Option<&str>) -> Option<bool> {
+        self.fim.get(model.unwrap_or("")).copied()
+    }
+}
+
+/// Values from the command line; `None` keeps what the file and environment gave.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub backend_url: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration: defaults < `file` < environment (`env` looks a
+    /// variable up; pass `std::env::var`) < `cli`, then validates it.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        cli: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        if let Some(listen) = cli.listen {
+            config.listen = listen;
+        }
+        if let Some(url) = &cli.backend_url {
+            config.backend.url = url.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error names the field at fault.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = inner.message().to_owned();
+            if path.is_empty() || path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            }
+        })
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env(name).filter(|value| !value.is_empty());
+        if let Some(listen) = get("CEREBRUM_LSP_LISTEN") {
+            self.listen = listen.parse().map_err(|err| {
+                ConfigError::invalid("CEREBRUM_LSP_LISTEN", format!("{listen:?}: {err}"))
+            })?;
+        }
+        if let Some(url) = get("CEREBRUM_BACKEND_URL") {
+            self.backend.url = url;
+        }
+        if let Some(key) = get("CEREBRUM_API_KEY") {
+            self.backend.api_key = Some(Secret::new(key));
+        }
+        if let Some(token) = get("CEREBRUM_LSP_TOKEN") {
+            self.token = Some(Secret::new(token));
+        }
+        self.http.apply_env(get)?;
+        if let Some(max) = get("CEREBRUM_LSP_MAX_IN_FLIGHT") {
+            self.limits.max_in_flight = max.parse().map_err(|err| {
+                ConfigError::invalid("CEREBRUM_LSP_MAX_IN_FLIGHT", format!("{max:?}: {err}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks every field once; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_concurrency < 4 {
+            return Err(ConfigError::invalid(
+                "session_concurrency",
+                "must be at least 4",
+            ));
+        }
+        self.backend.validate()?;
+        let breaker = &self.breaker;
+        if breaker.failure_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "breaker.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        if breaker.cooldown_ms == 0 || breaker.max_cooldown_ms < breaker.cooldown_ms {
+            return Err(ConfigError::invalid(
+                "breaker.cooldown_ms",
+                "must be positive and at most breaker.max_cooldown_ms",
+            ));
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        self.completion.validate()?;
+        self.http.validate()?;
+        if let Some(token) = &self.token {
+            if token.expose().trim().is_empty() {
+                return Err(ConfigError::invalid("token", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A TCP listener off loopback must require a session token.
+    pub fn validate_listener(&self) -> Result<(), ConfigError> {
+        if !self.listen.ip().is_loopback() && self.token.is_none() {
+            return Err(ConfigError::invalid(
+                "token",
+                format!(
+                    "listening on the non-loopback address {} requires a session token \
+                     (set CEREBRUM_LSP_TOKEN or `token` in the config file)",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This configuration with a session's `initializationOptions` applied. Only
+    /// `backend`, `models` and `completion` may change per session (and `token`,
+    /// which is the session's credential, not a setting).
+    pub fn with_session_options(&self, options: &serde_json::Value) -> Result<Config, ConfigError> {
+        let serde_json::Value::Object(options) = options else {
+            return Err(ConfigError::invalid(
+                "initializationOptions",
+                "must be an object",
+            ));
+        };
+        let mut merged = serde_json::to_value(self)
+            .map_err(|err| ConfigError::invalid("initializationOptions", err.to_string()))?;
+        for (key, value) in options {
+            match key.as_str() {
+                "token" => {}
+                "backend" | "models" | "completion" => {
+                    if let Some(slot) = merged.get_mut(key.as_str()) {
+                        merge_json(slot, value);
+                    }
+                }
+                other => {
+                    return Err(ConfigError::invalid(
+                        format!("initializationOptions.{other}"),
+                        "unknown, or not settable per session (backend, models and \
+                         completion are)",
+                    ))
+                }
+            }
+        }
+        // A session that points lsp-edge at another backend must bring that backend's
+        // key: the server's own key never goes to a URL the client chose.
+        if let Some(backend) = options.get("backend") {
+            if backend.get("url").is_some() && backend.get("api_key").is_none() {
+                if let Some(slot) = merged.get_mut("backend") {
+                    slot["api_key"] = serde_json::Value::Null;
+                }
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(merged).map_err(|err| {
+            ConfigError::invalid(
+                format!("initializationOptions.{}", err.path()),
+                err.into_inner().to_string(),
+            )
+        })?;
+        config.validate().map_err(|err| match err {
+            ConfigError::Invalid { field, message } => ConfigError::Invalid {
+                field: format!("initializationOptions.{field}"),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+}
+
+impl BackendConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            Ok(_) => {
+                return Err(ConfigError::invalid(
+                    "backend.url",
+                    format!("{:?} is not an http:// URL", self.url),
+                ))
+            }
+            Err(err) => {
+                return Err(ConfigError::invalid(
+                    "backend.url",
+                    format!("{:?}: {err}", self.url),
+                ))
+            }
+        }
+        for (field, value) in [
+            ("backend.connect_timeout_ms", self.connect_timeout_ms),
+            (
+                "backend.first_token_timeout_ms",
+                self.first_token_timeout_ms,
+            ),
+            ("backend.total_timeout_ms", self.total_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(field, "must be positive"));
+            }
+        }
+        if self.total_timeout_ms < self.first_token_timeout_ms {
+            return Err(ConfigError::invalid(
+                "backend.total_timeout_ms",
+                "must be at least backend.first_token_timeout_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CompletionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4096).contains(&self.max_tokens) {
+            return Err(ConfigError::invalid(
+                "completion.max_tokens",
+                "must be within 1..=4096",
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(ConfigError::invalid(
+                "completion.temperature",
+                "must be within 0..=2",
+            ));
+        }
+        if let Some(top_p) = self.top_p {
+            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
+                return Err(ConfigError::invalid(
+                    "completion.top_p",
+                    "must be within (0, 1]",
+                ));
+            }
+        }
+        if self.max_lines == 0 {
+            return Err(ConfigError::invalid(
+                "completion.max_lines",
+                "must be at least 1",
+            ));
+        }
+        if self.budget_ms == 0 {
+            return Err(ConfigError::invalid(
+                "completion.budget_ms",
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Deep-merges `patch` into `target`: objects key by key, anything else replaced.
+fn merge_json(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(patch)) => {
+            for (key, value) in patch {
+                match target.get_mut(key) {
+                    Some(slot) => merge_json(slot, value),
+                    None => {
+                        target.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_issue() {
+        let config = Config::load(None, no_env, &Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(config.backend.url, "http://127.0.0.1:9000");
+        assert_eq!(config.limits.max_in_flight, 2);
+        assert_eq!(config.breaker.failure_threshold, 3);
+        assert_eq!(config.breaker.cooldown_ms, 10_000);
+        assert_eq!(config.breaker.max_cooldown_ms, 300_000);
+    }
+
+    #[test]
+    fn file_then_env_then_cli() {
+        let dir = std::env::temp_dir().join(format!("lsp-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:7100"
+[backend]
+url = "http://file:1"
+[limits]
+max_in_flight = 5
+[models]
+completion = "qwen2.5-coder-0.5b"
+[models.language.python]
+completion = "py-model"
+[models.fim]
+"smollm2-135m" = false
+"#,
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "CEREBRUM_BACKEND_URL" => Some("http://env:2".to_owned()),
+            "CEREBRUM_API_KEY" => Some("k3y".to_owned()),
+            "CEREBRUM_LSP_MAX_IN_FLIGHT" => Some("3".to_owned()),
+            _ => None,
+        };
+        let cli = Overrides {
+            listen: None,
+            backend_url: Some("http://cli:3".into()),
+        };
+        let config = Config::load(Some(&path), env, &cli).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7100");
+        assert_eq!(config.backend.url, "http://cli:3");
+        assert_eq!(config.backend.api_key.as_ref().unwrap().expose(), "k3y");
+        assert_eq!(config.limits.max_in_flight, 3);
+        assert_eq!(
+            config.models.model_for(Language::Python, Task::Completion),
+            Some("py-model".into())
+        );
+        assert_eq!(
+            config.models.model_for(Language::Rust, Task::Completion),
+            Some("qwen2.5-coder-0.5b".into())
+        );
+        assert_eq!(
+            config.models.model_for(Language::Rust, Task::Refactor),
+            Some("qwen2.5-coder-0.5b".into())
+        );
+        assert_eq!(config.models.fim(Some("smollm2-135m")), Some(false));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let err = Config::from_toml("[limits]\nmax_in_flight = \"two\"").unwrap_err();
+        assert!(err.contains("limits.max_in_flight"), "{err}");
+        let err = Config::from_toml("[backend]\nurl_typo = 1").unwrap_err();
+        assert!(err.contains("url_typo"), "{err}");
+
+        let mut config = Config::default();
+        config.limits.max_in_flight = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("limits.max_in_flight"), "{err}");
+
+        let mut config = Config::default();
+        config.backend.url = "ftp://x".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("backend.url"), "{err}");
+
+        let env = |name: &str| (name == "CEREBRUM_LSP_LISTEN").then(|| "nowhere".to_owned());
+        let err = Config::load(None, env, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().starts_with("CEREBRUM_LSP_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_listener_requires_a_token() {
+        let mut config = Config {
+            listen: "0.0.0.0:7001".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = config.validate_listener().unwrap_err().to_string();
+        assert!(err.contains("requires a session token"), "{err}");
+        config.token = Some(Secret::new("t"));
+        config.validate_listener().unwrap();
+    }
+
+    #[test]
+    fn session_options_override_only_session_sections() {
+        let mut base = Config::default();
+        base.backend.api_key = Some(Secret::new("server-key"));
+        let config = base
+            .with_session_options(&json!({
+                "token": "t",
+                "completion": {"max_lines": 3, "budget_ms": 9000},
+                "models": {"completion": "smollm2-135m", "fim": {"smollm2-135m": false}},
+            }))
+            .unwrap();
+        assert_eq!(config.completion.max_lines, 3);
+        assert_eq!(config.completion.budget_ms, 9000);
+        assert_eq!(
+            config.completion.max_tokens, 128,
+            "untouched fields keep their value"
+        );
+        assert_eq!(config.models.fim(Some("smollm2-135m")), Some(false));
+        assert_eq!(config.backend.api_key, base.backend.api_key);
+
+        let err = base
+            .with_session_options(&json!({"limits": {"max_in_flight": 100}}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("initializationOptions.limits"), "{err}");
+
+        let err = base
+            .with_session_options(&json!({"completion": {"max_lines": "x"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("initializationOptions.completion.max_lines"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_key_never_follows_a_client_chosen_backend() {
+        let mut base = Config::default();
+        base.backend.api_key = Some(Secret::new("server-key"));
+        let config = base
+            .with_session_options(&json!({"backend": {"url": "http://elsewhere:9"}}))
+            .unwrap();
+        assert_eq!(config.backend.url, "http://elsewhere:9");
+        assert_eq!(config.backend.api_key, None);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,528 @@
+//! The HTTP surface: translates between JSON/SSE and the completion service's types,
+//! nothing more.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cerebrum_context::Language;
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::service::{CompletionRequest, Generation, GenerationEvent, Summary};
+use super::stats::{breaker_state_name, prometheus_text, Gauges};
+use super::{HttpState, MAX_BODY_BYTES};
+use crate::backend::BackendError;
+use crate::breaker::BreakerState;
+use crate::config::CompletionConfig;
+use crate::refactor::{RefactorError, RefactorOutcome};
+
+/// A JSON body whose errors use the envelope: 413 past the size limit, 400 naming
+/// the field that is wrong. The content type is not checked, so `curl -d` works.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|err| {
+            if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!(
+                    "request body is larger than the limit of {} KB",
+                    MAX_BODY_BYTES / 1024
+                ))
+            } else {
+                ApiError::InvalidRequest(format!("cannot read the request body: {err}"))
+            }
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(ApiJson)
+            .map_err(|err| field_error("", err))
+    }
+}
+
+/// A deserialisation error as a 400 that names the field, under `prefix`
+/// (`requests[2]` for a batch item).
+fn field_error<E: std::fmt::Display>(prefix: &str, err: serde_path_to_error::Error<E>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let field = match (prefix.is_empty(), path.as_str()) {
+        (true, "." | "") => String::new(),
+        (false, "." | "") => prefix.to_owned(),
+        (true, path) => path.to_owned(),
+        (false, path) => format!("{prefix}.{path}"),
+    };
+    if field.is_empty() {
+        ApiError::InvalidRequest(format!("invalid JSON body: {inner}"))
+    } else {
+        ApiError::InvalidRequest(format!("{field}: {inner}"))
+    }
+}
+
+/// `POST /v1/complete`'s body (and a batch item's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    pub prompt: String,
+    /// A language name or file extension; unknown ones are chunked by characters.
+    pub language: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub suffix: Option<String>,
+    pub instruction: Option<String>,
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+impl CompleteBody {
+    /// Checks the values; the error names the field.
+    pub fn into_request(self, defaults: &CompletionConfig) -> Result<CompletionRequest, String> {
+        let max_tokens = self.max_tokens.unwrap_or(defaults.max_tokens);
+        if !(1..=4096).contains(&max_tokens) {
+            return Err(format!("max_tokens: {max_tokens} is outside 1..=4096"));
+        }
+        let temperature = self.temperature.unwrap_or(defaults.temperature);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(format!("temperature: {temperature} is outside 0..=2"));
+        }
+        if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
+            return Err("prompt: must not be empty".into());
+        }
+        if self
+            .instruction
+            .as_deref()
+            .is_some_and(|text| text.trim().is_empty())
+        {
+            return Err("instruction: must not be empty when given".into());
+        }
+        if self.stop.len() > 16 {
+            return Err("stop: at most 16 strings".into());
+        }
+        let language = self
+            .language
+            .as_deref()
+            .map_or(Language::Other, Language::from_name);
+        Ok(CompletionRequest {
+            prompt: self.prompt,
+            suffix: self.suffix,
+            language,
+            instruction: self.instruction,
+            model: self.model.filter(|model| !model.is_empty()),
+            max_tokens,
+            temperature,
+            stop: self.stop,
+        })
+    }
+}
+
+/// Requires the bearer token on every route it wraps, when one is configured.
+pub async fn require_token(State(app): State<HttpState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &app.token else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|value| value.to_str().ok())
+        });
+    match given {
+        Some(token) if bool::from(token.trim().as_bytes().ct_eq(expected.expose().as_bytes())) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            app.stats().unauthorized.inc();
+            ApiError::Authentication("invalid token".into()).into_response()
+        }
+        None => {
+            app.stats().unauthorized.inc();
+            ApiError::Authentication(
+                "missing token: send it as `Authorization: Bearer <token>`".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+fn invalid(app: &HttpState, err: ApiError) -> ApiError {
+    if matches!(
+        err,
+        ApiError::InvalidRequest(_) | ApiError::PayloadTooLarge(_)
+    ) {
+        app.stats().invalid.inc();
+    }
+    err
+}
+
+/// `POST /v1/complete`.
+pub async fn complete(
+    State(app): State<HttpState>,
+    body: Result<ApiJson<CompleteBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let span = tracing::info_span!("request", method = "POST /v1/complete", id = app.next_id());
+    async move {
+        let ApiJson(body) = body.map_err(|err| invalid(&app, err))?;
+        let stream = body.stream;
+        let request = body
+            .into_request(&app.edge().config.completion)
+            .map_err(|message| invalid(&app, ApiError::InvalidRequest(message)))?;
+        let prepared = app.completer.prepare(request, received).await?;
+        let generation = app.completer.start(prepared).await?;
+        if stream {
+            Ok(sse(generation, app.shutdown.clone()).into_response())
+        } else {
+            let summary = generation.collect().await?;
+            tracing::info!(
+                tokens = summary.total_tokens,
+                cached = summary.cached,
+                total_ms = summary.timings.total_ms,
+                "answered"
+            );
+            Ok(Json(summary).into_response())
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[derive(Serialize)]
+struct Done {
+    done: bool,
+    #[serde(flatten)]
+    summary: Summary,
+}
+
+fn json_event(value: &impl Serialize) -> SseEvent {
+    SseEvent::default()
+        .json_data(value)
+        .unwrap_or_else(|_| SseEvent::default().data("{}"))
+}
+
+/// One `data: {"token": ...}` event per token, then `data: {"done": true, ...}` (or
+/// an error envelope) and the end. The stream owns the generation: when the client
+/// goes away the body is dropped, and with it the backend stream and the slot.
+fn sse(
+    generation: Generation,
+    shutdown: CancellationToken,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = futures::stream::unfold(Some((generation, shutdown)), |state| async move {
+        let (mut generation, shutdown) = state?;
+        let event = tokio::select! {
+            event = generation.next() => event?,
+            () = shutdown.cancelled() => {
+                let err = ApiError::Unavailable {
+                    message: "lsp-edge is shutting down".into(),
+                    retry_after_s: 5,
+                };
+                return Some((Ok(json_event(&err.envelope())), None));
+            }
+        };
+        match event {
+            Ok(GenerationEvent::Token(token)) => Some((
+                Ok(json_event(&json!({ "token": token }))),
+                Some((generation, shutdown)),
+            )),
+            Ok(GenerationEvent::Done(summary)) => Some((
+                Ok(json_event(&Done {
+                    done: true,
+                    summary: *summary,
+                })),
+                None,
+            )),
+            Err(err) => Some((Ok(json_event(&ApiError::from(err).envelope())), None)),
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub requests: Vec<Value>,
+}
+
+/// `POST /v1/complete/batch`: the items one after another, each taking a slot of
+/// the shared limit in turn (vps-infer decodes one at a time anyway), answered in
+/// order, each a result or an error envelope.
+pub async fn batch(
+    State(app): State<HttpState>,
+    body: Result<ApiJson<BatchBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let span = tracing::info_span!(
+        "request",
+        method = "POST /v1/complete/batch",
+        id = app.next_id()
+    );
+    async move {
+        let ApiJson(body) = body.map_err(|err| invalid(&app, err))?;
+        let max = app.edge().config.http.max_batch;
+        if body.requests.len() > max {
+            return Err(invalid(
+                &app,
+                ApiError::InvalidRequest(format!(
+                    "requests: {} items, at most {max} per batch",
+                    body.requests.len()
+                )),
+            ));
+        }
+        let mut results = Vec::with_capacity(body.requests.len());
+        for (index, item) in body.requests.into_iter().enumerate() {
+            let answer = batch_item(&app, index, item).await;
+            results.push(
+                match answer {
+                    Ok(summary) => serde_json::to_value(summary),
+                    Err(err) => serde_json::to_value(invalid(&app, err).envelope()),
+                }
+                .unwrap_or(Value::Null),
+            );
+        }
+        Ok(Json(json!({ "results": results })))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn batch_item(app: &HttpState, index: usize, item: Value) -> Result<Summary, ApiError> {
+    let received = Instant::now();
+    let prefix = format!("requests[{index}]");
+    let body: CompleteBody =
+        serde_path_to_error::deserialize(item).map_err(|err| field_error(&prefix, err))?;
+    if body.stream {
+        return Err(ApiError::InvalidRequest(format!(
+            "{prefix}.stream: batch items cannot stream"
+        )));
+    }
+    let request = body
+        .into_request(&app.edge().config.completion)
+        .map_err(|message| ApiError::InvalidRequest(format!("{prefix}.{message}")))?;
+    let prepared = app.completer.prepare(request, received).await?;
+    Ok(app.completer.start(prepared).await?.collect().await?)
+}
+
+/// `POST /v1/refactor`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefactorBody {
+    pub code: String,
+    pub language: String,
+    /// Default: refactor to async/await.
+    pub instruction: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RefactorAnswer {
+    /// The rewritten code, validated (it parses, keeps the name, and is async when
+    /// the instruction asks for it).
+    code: String,
+    function: Option<String>,
+    instruction: String,
+    /// 2 when the first answer was rejected and the retry at temperature 0 passed.
+    attempts: u32,
+    tokens: u64,
+    total_ms: f64,
+}
+
+/// Counts a refactor as cancelled unless it finished: the handler's future is
+/// dropped when the client disconnects, and with it the stream to vps-infer.
+struct CancelGuard<'a>(Option<&'a HttpState>);
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(app) = self.0 {
+            app.stats().cancelled.inc();
+        }
+    }
+}
+
+/// `POST /v1/refactor`: the code action's pipeline on a snippet (the refactor
+/// module's, with its validation and one retry at temperature 0).
+pub async fn refactor(
+    State(app): State<HttpState>,
+    body: Result<ApiJson<RefactorBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let received = Instant::now();
+    let span = tracing::info_span!("request", method = "POST /v1/refactor", id = app.next_id());
+    async move {
+        let ApiJson(body) = body.map_err(|err| invalid(&app, err))?;
+        if body.code.trim().is_empty() {
+            return Err(invalid(
+                &app,
+                ApiError::InvalidRequest("code: must not be empty".into()),
+            ));
+        }
+        let language = Language::from_name(&body.language);
+        let instruction = body
+            .instruction
+            .as_deref()
+            .filter(|text| !text.trim().is_empty());
+        app.stats().requests.inc();
+        let mut guard = CancelGuard(Some(&app));
+        let cancel = app.shutdown.child_token();
+        let outcome =
+            crate::refactor::refactor(app.edge(), &body.code, language, instruction, cancel).await;
+        guard.0 = None;
+        let outcome: RefactorOutcome = outcome.map_err(|err| {
+            let stats = app.stats();
+            match &err {
+                RefactorError::Overloaded(_) => stats.shed.inc(),
+                RefactorError::Backend(BackendError::BreakerOpen(_)) => stats.breaker_refused.inc(),
+                RefactorError::UnsupportedLanguage(_)
+                | RefactorError::NoFunction
+                | RefactorError::AlreadyAsync(_)
+                | RefactorError::EmptyInstruction => stats.invalid.inc(),
+                RefactorError::Cancelled => stats.cancelled.inc(),
+                _ => stats.failed.inc(),
+            }
+            refactor_error(err)
+        })?;
+        app.stats().ok.inc();
+        tracing::info!(
+            attempts = outcome.attempts,
+            tokens = outcome.tokens,
+            "refactored"
+        );
+        let answer = RefactorAnswer {
+            code: outcome.new_text,
+            function: outcome.function,
+            instruction: outcome.instruction,
+            attempts: outcome.attempts,
+            tokens: outcome.tokens,
+            total_ms: received.elapsed().as_secs_f64() * 1000.0,
+        };
+        Ok(Json(serde_json::to_value(answer).unwrap_or(Value::Null)))
+    }
+    .instrument(span)
+    .await
+}
+
+/// A refactor failure as an HTTP error: the caller's mistakes are 400s, an answer
+/// that failed validation twice is a 422 saying why.
+pub fn refactor_error(err: RefactorError) -> ApiError {
+    let message = err.to_string();
+    match err {
+        RefactorError::UnsupportedLanguage(_) => {
+            ApiError::InvalidRequest(format!("language: {message}"))
+        }
+        RefactorError::EmptyInstruction => {
+            ApiError::InvalidRequest(format!("instruction: {message}"))
+        }
+        RefactorError::NoFunction | RefactorError::AlreadyAsync(_) => {
+            ApiError::InvalidRequest(format!("code: {message}"))
+        }
+        RefactorError::Overloaded(overloaded) => ApiError::Unavailable {
+            message: overloaded.to_string(),
+            retry_after_s: 1,
+        },
+        RefactorError::Backend(err) => err.into(),
+        RefactorError::Rejected { .. } => ApiError::Unprocessable(message),
+        RefactorError::Cancelled => ApiError::Unavailable {
+            message,
+            retry_after_s: 1,
+        },
+        RefactorError::Internal(message) => {
+            tracing::error!("refactor: {message}");
+            ApiError::Server("internal error (see lsp-edge's log)".into())
+        }
+    }
+}
+
+/// `GET /health`: the edge's state and the backend's.
+pub async fn health(State(app): State<HttpState>) -> Json<Value> {
+    let edge = app.edge();
+    let client = &edge.backend.client;
+    let breaker = client.breaker().state();
+    let probe = client.health().await;
+    let reachable = probe.is_ok();
+    let mut backend = json!({
+        "url": client.base_url(),
+        "reachable": reachable,
+        "breaker": breaker_json(&breaker),
+    });
+    match probe {
+        Ok(health) => {
+            backend["status"] = json!(health.status);
+            backend["model_loaded"] = json!(health.model_loaded);
+        }
+        Err(err) => {
+            backend["status"] = json!("unreachable");
+            backend["model_loaded"] = Value::Null;
+            backend["error"] = json!(err.to_string());
+        }
+    }
+    let healthy = reachable
+        && breaker == BreakerState::Closed
+        && backend["status"].as_str() != Some("degraded");
+    Json(json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "edge": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": app.started.elapsed().as_secs(),
+            "in_flight": edge.limiter.in_flight(),
+            "max_in_flight": edge.limiter.max(),
+        },
+        "backend": backend,
+    }))
+}
+
+fn breaker_json(state: &BreakerState) -> Value {
+    match state {
+        BreakerState::Open { cooldown, reason } => json!({
+            "state": breaker_state_name(state),
+            "reason": reason,
+            "cooldown_s": cooldown.as_secs_f64(),
+        }),
+        _ => json!({ "state": breaker_state_name(state) }),
+    }
+}
+
+fn gauges(app: &HttpState) -> Gauges {
+    let edge = app.edge();
+    let (cache_entries, cache_bytes, cache_max_bytes) = app.completer.cache_usage();
+    Gauges {
+        in_flight: edge.limiter.in_flight(),
+        max_in_flight: edge.limiter.max(),
+        breaker: edge.backend.client.breaker().state(),
+        cache_entries,
+        cache_bytes,
+        cache_max_bytes,
+    }
+}
+
+/// `GET /v1/stats`.
+pub async fn stats(State(app): State<HttpState>) -> Json<super::stats::StatsSnapshot> {
+    Json(app.stats().snapshot(gauges(&app)))
+}
+
+/// `GET /metrics`: the same figures in Prometheus' text format.
+pub async fn metrics(State(app): State<HttpState>) -> Response {
+    let text = prometheus_text(&app.stats().snapshot(gauges(&app)));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,650 @@
+//! One completion for a script, free of HTTP: assemble the prompt (through the
+//! context engine when it is long or carries an instruction), answer from the
+//! temperature-0 cache or take a slot of the shared generation limit and stream from
+//! vps-infer, and summarise what happened. The HTTP routes and `lsp-edge complete`
+//! both drive it.
+//!
+//! Dropping a [`Generation`] before its end drops the backend stream, which stops
+//! vps-infer's decode loop, and frees the generation slot: that is how a client's
+//! disconnect reaches the model.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use cerebrum_context::{ContextOptions, Language, Mode};
+use serde::Serialize;
+
+use super::cache::AnswerCache;
+use super::stats::HttpStats;
+use crate::backend::{BackendError, ExtraChunk, InferenceRequest, StreamEvent, TokenStream};
+use crate::completion::plain_prompt;
+use crate::config::Task;
+use crate::edge::Edge;
+use crate::limiter::{GenerationPermit, Overloaded};
+
+/// Prompts longer than this (in characters, suffix included) go through the context
+/// engine; shorter ones are sent as they are (the old system's rule).
+pub const CONTEXT_THRESHOLD_CHARS: usize = 1_500;
+
+/// A completion request, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    /// Text after the cursor: makes it a fill-in-the-middle request where the model
+    /// has FIM tokens.
+    pub suffix: Option<String>,
+    pub language: Language,
+    pub instruction: Option<String>,
+    /// `None`: the configured model for the task and language, else vps-infer's default.
+    pub model: Option<String>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the context engine did to the prompt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChunkingStats {
+    /// `completion` (a continuation or fill-in-the-middle) or `instruction`
+    /// (an instruction-first prompt).
+    pub mode: &'static str,
+    /// Whether the prompt went through the context engine at all.
+    pub context_engine: bool,
+    /// Whether the engine cut the text down to selected chunks.
+    pub chunked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+    /// Chunks the text split into, distinct ones, and those sent.
+    pub chunks: usize,
+    pub unique: usize,
+    pub selected: usize,
+    pub chars_before: usize,
+    pub chars_after: usize,
+    pub reduction_percent: f32,
+    /// Time the context engine took, in microseconds.
+    pub context_us: u64,
+}
+
+impl ChunkingStats {
+    fn untouched(chars: usize) -> ChunkingStats {
+        ChunkingStats {
+            mode: "completion",
+            context_engine: false,
+            chunked: false,
+            instruction: None,
+            chunks: 0,
+            unique: 0,
+            selected: 0,
+            chars_before: chars,
+            chars_after: chars,
+            reduction_percent: 0.0,
+            context_us: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timings {
+    /// From the request's arrival to its first byte sent to vps-infer (or, for a
+    /// cached answer, to the answer).
+    pub edge_overhead_ms: f64,
+    /// From the request sent to vps-infer to its last token; 0 for a cached answer.
+    pub backend_ms: f64,
+    pub total_ms: f64,
+    /// vps-infer's generation speed; 0 for a cached answer.
+    pub tokens_per_second: f64,
+}
+
+/// A finished completion with its statistics (the JSON answer, and the SSE stream's
+/// final event).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub text: String,
+    /// The model asked for; `null` when vps-infer chose its default.
+    pub model: Option<String>,
+    /// Answered from the temperature-0 cache.
+    pub cached: bool,
+    /// Sent as a fill-in-the-middle request.
+    pub fim: bool,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    /// `eos`, `length` or `stop`.
+    pub stop_reason: String,
+    pub chunking: ChunkingStats,
+    pub timings: Timings,
+}
+
+/// One event of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    Token(String),
+    Done(Box<Summary>),
+}
+
+/// A request ready to send: the vps-infer request(s) and what the engine did.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The fill-in-the-middle form, when the request has a suffix and the model is
+    /// not known to lack FIM tokens.
+    fim: Option<InferenceRequest>,
+    /// The plain form (context chunks, then the prefix).
+    plain: InferenceRequest,
+    chunking: ChunkingStats,
+    /// Set at temperature 0: the assembled request, which is the cache key.
+    cache_key: Option<String>,
+    received: Instant,
+}
+
+impl Prepared {
+    /// The request that goes out first (tests and logs).
+    pub fn request(&self) -> &InferenceRequest {
+        self.fim.as_ref().unwrap_or(&self.plain)
+    }
+
+    pub fn chunking(&self) -> &ChunkingStats {
+        &self.chunking
+    }
+}
+
+type SharedCache = Arc<Mutex<AnswerCache<Summary>>>;
+
+/// Completions for scripts, over the shared edge state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Completer {
+    edge: Arc<Edge>,
+    cache: SharedCache,
+    stats: Arc<HttpStats>,
+}
+
+fn needs_context(request: &CompletionRequest) -> bool {
+    let chars =
+        request.prompt.chars().count() + request.suffix.as_deref().map_or(0, |s| s.chars().count());
+    request.instruction.is_some() || chars > CONTEXT_THRESHOLD_CHARS
+}
+
+fn lock_cache(cache: &SharedCache) -> MutexGuard<'_, AnswerCache<Summary>> {
+    // The cache's own methods leave it consistent at every step; a panic while
+    // the lock was held cannot leave it half-updated.
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Builds the vps-infer request(s) for a completion request. Runs the context
+/// engine, so call it on a blocking thread when the prompt is long.
+pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> Prepared {
+    let config = &edge.config;
+    let chars_before =
+        request.prompt.chars().count() + request.suffix.as_deref().map_or(0, |s| s.chars().count());
+    let mut chunking = ChunkingStats::untouched(chars_before);
+    let mut stop = request.stop.clone();
+    let (prompt, suffix, extra, task) = if needs_context(&request) {
+        let mut text = request.prompt.clone();
+        let cursor = text.len();
+        if let Some(suffix) = &request.suffix {
+            text.push_str(suffix);
+        }
+        let options = ContextOptions {
+            instruction: request.instruction.clone(),
+            ..ContextOptions::default()
+        };
+        let context = edge
+            .engine
+            .context_for_text(request.language, &text, cursor, &options);
+        let stats = &context.stats;
+        chunking = ChunkingStats {
+            mode: match context.mode {
+                Mode::Fim => "completion",
+                Mode::Instruction => "instruction",
+            },
+            context_engine: true,
+            chunked: stats.chunks_selected > 0,
+            instruction: context.instruction.clone(),
+            chunks: stats.chunks_total,
+            unique: stats.chunks_unique,
+            selected: stats.chunks_selected,
+            chars_before: stats.chars_before,
+            chars_after: stats.chars_after,
+            reduction_percent: stats.reduction_percent,
+            context_us: stats.elapsed_us,
+        };
+        match context.mode {
+            Mode::Instruction => {
+                // The answer is the body of the fenced block the prompt opens.
+                stop.push("```".into());
+                let prompt = context.prompt.unwrap_or_default();
+                (prompt, None, Vec::new(), Task::Refactor)
+            }
+            Mode::Fim => {
+                let extra = context
+                    .extra
+                    .into_iter()
+                    .map(|chunk| ExtraChunk {
+                        label: chunk.label,
+                        text: chunk.text,
+                    })
+                    .collect();
+                let suffix = request.suffix.is_some().then_some(context.suffix);
+                (context.prefix, suffix, extra, Task::Completion)
+            }
+        }
+    } else {
+        (request.prompt, request.suffix, Vec::new(), Task::Completion)
+    };
+    let model = request
+        .model
+        .or_else(|| config.models.model_for(request.language, task));
+    let base = InferenceRequest {
+        model: model.clone(),
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        top_p: config.completion.top_p,
+        seed: config.completion.seed,
+        stop,
+        stream: true,
+        ..InferenceRequest::default()
+    };
+    let plain = InferenceRequest {
+        prompt: plain_prompt(&prompt, &extra),
+        ..base.clone()
+    };
+    let fim = match suffix {
+        Some(suffix) if config.models.fim(model.as_deref()) != Some(false) => {
+            Some(InferenceRequest {
+                prompt,
+                suffix: Some(suffix),
+                extra,
+                ..base
+            })
+        }
+        _ => None,
+    };
+    let cache_key = (request.temperature == 0.0)
+        .then(|| serde_json::to_string(fim.as_ref().unwrap_or(&plain)).ok())
+        .flatten();
+    Prepared {
+        fim,
+        plain,
+        chunking,
+        cache_key,
+        received,
+    }
+}
+
+impl Completer {
+    pub fn new(edge: Arc<Edge>, stats: Arc<HttpStats>) -> Completer {
+        let cache = AnswerCache::new(edge.config.http.cache_max_bytes);
+        Completer {
+            edge,
+            cache: Arc::new(Mutex::new(cache)),
+            stats,
+        }
+    }
+
+    pub fn edge(&self) -> &Arc<Edge> {
+        &self.edge
+    }
+
+    pub fn stats(&self) -> &Arc<HttpStats> {
+        &self.stats
+    }
+
+    /// (entries, bytes, max bytes) of the answer cache.
+    pub fn cache_usage(&self) -> (usize, usize, usize) {
+        let cache = lock_cache(&self.cache);
+        (cache.len(), cache.used_bytes(), cache.max_bytes())
+    }
+
+    /// Assembles the prompt; the context engine runs on a blocking thread.
+    pub async fn prepare(
+        &self,
+        request: CompletionRequest,
+        received: Instant,
+    ) -> Result<Prepared, CompleteError> {
+        if !needs_context(&request) {
+            return Ok(assemble(&self.edge, request, received));
+        }
+        let edge = self.edge.clone();
+        tokio::task::spawn_blocking(move || assemble(&edge, request, received))
+            .await
+            .map_err(|err| CompleteError::Internal(format!("context task failed: {err}")))
+    }
+
+    /// Starts the generation: from the cache at temperature 0 when it has the
+    /// answer; else it takes a generation slot (refused at once past the shared
+    /// limit) and waits for vps-infer to accept the request, so that every refusal
+    /// comes before the first token.
+    pub async fn start(&self, prepared: Prepared) -> Result<Generation, CompleteError> {
+        self.stats.requests.inc();
+        if let Some(key) = &prepared.cache_key {
+            let hit = lock_cache(&self.cache).get(key);
+            match hit {
+                Some(summary) => {
+                    self.stats.cache_hits.inc();
+                    return Ok(self.generation(prepared, Source::Cached(summary), false));
+                }
+                None => self.stats.cache_misses.inc(),
+            }
+        }
+        let permit = self.edge.limiter.try_acquire().inspect_err(|_| {
+            self.stats.shed.inc();
+        })?;
+        let backend = &self.edge.backend;
+        let model = prepared.plain.model.clone();
+        let sent = Instant::now();
+        let opened = match &prepared.fim {
+            Some(fim) if !backend.fim.lacks_fim(model.as_deref()) => {
+                match backend.client.stream(fim).await {
+                    Err(err) if err.is_fim_unsupported() => {
+                        tracing::info!(?model, "model has no FIM tokens; using plain completions");
+                        backend.fim.remember_no_fim(model.as_deref());
+                        backend
+                            .client
+                            .stream(&prepared.plain)
+                            .await
+                            .map(|s| (s, false))
+                    }
+                    other => other.map(|s| (s, true)),
+                }
+            }
+            _ => backend
+                .client
+                .stream(&prepared.plain)
+                .await
+                .map(|s| (s, false)),
+        };
+        let (stream, fim) = opened.inspect_err(|err| match err {
+            BackendError::BreakerOpen(_) => self.stats.breaker_refused.inc(),
+            _ => self.stats.failed.inc(),
+        })?;
+        let source = Source::Live {
+            stream,
+            sent,
+            _permit: permit,
+        };
+        Ok(self.generation(prepared, source, fim))
+    }
+
+    fn generation(&self, prepared: Prepared, source: Source, fim: bool) -> Generation {
+        Generation {
+            source: Some(source),
+            token_sent: false,
+            text: String::new(),
+            fim,
+            model: prepared.plain.model.clone(),
+            chunking: prepared.chunking,
+            cache_key: prepared.cache_key,
+            received: prepared.received,
+            cache: self.cache.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+enum Source {
+    /// A cached answer: its text as one token, then its summary.
+    Cached(Summary),
+    /// A backend stream, and the generation slot it holds until it ends.
+    Live {
+        stream: TokenStream,
+        sent: Instant,
+        _permit: GenerationPermit,
+    },
+}
+
+/// A generation in progress. Dropping it before its end cancels it.
+pub struct Generation {
+    /// `None` once finished: the stream and the slot are gone with it.
+    source: Option<Source>,
+    token_sent: bool,
+    text: String,
+    fim: bool,
+    model: Option<String>,
+    chunking: ChunkingStats,
+    cache_key: Option<String>,
+    received: Instant,
+    cache: SharedCache,
+    stats: Arc<HttpStats>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("cached", &matches!(self.source, Some(Source::Cached(_))))
+            .field("finished", &self.source.is_none())
+            .field("chars", &self.text.len())
+            .finish()
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+impl Generation {
+    /// The next token, or the summary; `None` after the end.
+    pub async fn next(&mut self) -> Option<Result<GenerationEvent, CompleteError>> {
+        match self.source.as_mut()? {
+            Source::Cached(summary) => {
+                if !self.token_sent && !summary.text.is_empty() {
+                    self.token_sent = true;
+                    return Some(Ok(GenerationEvent::Token(summary.text.clone())));
+                }
+                let mut summary = summary.clone();
+                self.source = None;
+                let elapsed = self.received.elapsed();
+                summary.cached = true;
+                summary.chunking = self.chunking.clone();
+                summary.timings = Timings {
+                    edge_overhead_ms: ms(elapsed),
+                    backend_ms: 0.0,
+                    total_ms: ms(elapsed),
+                    tokens_per_second: 0.0,
+                };
+                self.record_ok(elapsed, None);
+                Some(Ok(GenerationEvent::Done(Box::new(summary))))
+            }
+            Source::Live { stream, sent, .. } => {
+                let sent = *sent;
+                match stream.next().await {
+                    Some(Ok(StreamEvent::Token(token))) => {
+                        self.text.push_str(&token);
+                        Some(Ok(GenerationEvent::Token(token)))
+                    }
+                    Some(Ok(StreamEvent::Done(done))) => {
+                        // Ends the stream and frees the slot before the summary goes out.
+                        self.source = None;
+                        let summary = Summary {
+                            text: std::mem::take(&mut self.text),
+                            model: self.model.clone(),
+                            cached: false,
+                            fim: self.fim,
+                            prompt_tokens: done.prompt_tokens,
+                            cached_tokens: done.cached_tokens,
+                            total_tokens: done.total_tokens,
+                            stop_reason: done.stop_reason,
+                            chunking: self.chunking.clone(),
+                            timings: Timings {
+                                edge_overhead_ms: ms(sent - self.received),
+                                backend_ms: ms(sent.elapsed()),
+                                total_ms: ms(self.received.elapsed()),
+                                tokens_per_second: done.tokens_per_second,
+                            },
+                        };
+                        self.record_ok(sent - self.received, Some(sent.elapsed()));
+                        if let Some(key) = self.cache_key.take() {
+                            if summary.stop_reason != "cancelled" {
+                                let bytes = summary.text.len()
+                                    + summary.stop_reason.len()
+                                    + summary.model.as_ref().map_or(0, String::len)
+                                    + std::mem::size_of::<Summary>();
+                                lock_cache(&self.cache).insert(key, summary.clone(), bytes);
+                            }
+                        }
+                        Some(Ok(GenerationEvent::Done(Box::new(summary))))
+                    }
+                    Some(Err(err)) => {
+                        self.source = None;
+                        self.stats.failed.inc();
+                        Some(Err(err.into()))
+                    }
+                    None => {
+                        self.source = None;
+                        self.stats.failed.inc();
+                        Some(Err(CompleteError::Backend(BackendError::Stream(
+                            "the stream ended before its final event".into(),
+                        ))))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs to the end and returns the summary.
+    pub async fn collect(mut self) -> Result<Summary, CompleteError> {
+        while let Some(event) = self.next().await {
+            if let GenerationEvent::Done(summary) = event? {
+                return Ok(*summary);
+            }
+        }
+        Err(CompleteError::Internal(
+            "the generation ended without an answer".into(),
+        ))
+    }
+
+    fn record_ok(&self, edge_overhead: Duration, backend: Option<Duration>) {
+        let stats = &self.stats;
+        stats.ok.inc();
+        stats.record_edge_overhead(edge_overhead);
+        if let Some(backend) = backend {
+            stats.record_backend_time(backend);
+        }
+        if self.chunking.context_engine {
+            stats.context_requests.inc();
+            stats.chars_before.add(self.chunking.chars_before as u64);
+            stats.chars_after.add(self.chunking.chars_after as u64);
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if let Some(Source::Live { .. }) = self.source {
+            // Dropping the stream (with `self`) stops vps-infer's decode.
+            self.stats.cancelled.inc();
+            tracing::info!(
+                chars = self.text.len(),
+                "generation cancelled by the client"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn edge() -> Arc<Edge> {
+        Edge::new(Config::default()).unwrap()
+    }
+
+    fn request(prompt: &str) -> CompletionRequest {
+        CompletionRequest {
+            prompt: prompt.into(),
+            suffix: None,
+            language: Language::Python,
+            instruction: None,
+            model: None,
+            max_tokens: 32,
+            temperature: 0.0,
+            stop: Vec::new(),
+        }
+    }
+
+    const OLD_BENCHMARK: &str = include_str!("../../context/tests/data/old_benchmark.py");
+
+    #[test]
+    fn a_short_prompt_is_sent_as_it_is() {
+        let prepared = assemble(&edge(), request("def hello():"), Instant::now());
+        let sent = prepared.request();
+        assert_eq!(sent.prompt, "def hello():");
+        assert_eq!(sent.suffix, None);
+        assert!(sent.stop.is_empty());
+        let chunking = prepared.chunking();
+        assert!(!chunking.context_engine && !chunking.chunked);
+        assert_eq!((chunking.chars_before, chunking.chars_after), (12, 12));
+        assert!(prepared.cache_key.is_some(), "temperature 0 is cached");
+    }
+
+    #[test]
+    fn the_old_benchmark_goes_instruction_first_and_shrinks() {
+        let prepared = assemble(&edge(), request(OLD_BENCHMARK), Instant::now());
+        let sent = prepared.request();
+        assert!(
+            sent.prompt
+                .starts_with("# INSTRUCTION: Refactor to use async/await\n\nHere is the code:\n"),
+            "{}",
+            sent.prompt
+        );
+        assert_eq!(sent.stop, vec!["```".to_owned()]);
+        let chunking = prepared.chunking();
+        assert_eq!(chunking.mode, "instruction");
+        assert!(chunking.chunked);
+        assert_eq!(chunking.chunks, 5 * chunking.unique);
+        assert!(chunking.reduction_percent >= 62.0, "{chunking:?}");
+    }
+
+    #[test]
+    fn an_unknown_language_is_chunked_by_characters() {
+        let text: String = (0..80)
+            .map(|i| format!("PERFORM STEP-{i} VARYING IDX FROM 1 BY 1.\n"))
+            .collect();
+        let mut req = request(&text);
+        req.language = Language::from_name("cobol");
+        let prepared = assemble(&edge(), req, Instant::now());
+        let chunking = prepared.chunking();
+        assert!(chunking.context_engine);
+        assert!(chunking.chunks > 0, "{chunking:?}");
+        assert!(chunking.chars_after < chunking.chars_before, "{chunking:?}");
+    }
+
+    #[test]
+    fn a_suffix_asks_for_fim_with_a_plain_fallback() {
+        let mut req = request("def add(a, b):\n    ");
+        req.suffix = Some("\n\nprint(add(1, 2))\n".into());
+        let prepared = assemble(&edge(), req.clone(), Instant::now());
+        let fim = prepared.fim.as_ref().unwrap();
+        assert_eq!(fim.suffix.as_deref(), Some("\n\nprint(add(1, 2))\n"));
+        assert_eq!(prepared.plain.prompt, "def add(a, b):\n    ");
+        assert_eq!(prepared.plain.suffix, None);
+
+        // A model the config says lacks FIM tokens goes out plain at once.
+        let mut config = Config::default();
+        config.models.completion = Some("smollm2-135m".into());
+        config.models.fim.insert("smollm2-135m".into(), false);
+        let prepared = assemble(&Edge::new(config).unwrap(), req, Instant::now());
+        assert!(prepared.fim.is_none());
+    }
+
+    #[test]
+    fn only_temperature_zero_is_cached_and_parameters_are_in_the_key() {
+        let mut warm = request("def f():");
+        warm.temperature = 0.2;
+        assert!(assemble(&edge(), warm, Instant::now()).cache_key.is_none());
+        let a = assemble(&edge(), request("def f():"), Instant::now());
+        let mut longer = request("def f():");
+        longer.max_tokens = 64;
+        let b = assemble(&edge(), longer, Instant::now());
+        assert_ne!(a.cache_key, b.cache_key);
+    }
+}

@@ -1,0 +1,545 @@
+//! What the HTTP endpoint has done since start: counters, chunking totals, breaker
+//! transitions and latency percentiles, as JSON (`/v1/stats`) and as Prometheus text
+//! (`/metrics`).
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::breaker::{BreakerState, CircuitBreaker};
+
+/// Latency samples kept for the percentiles: the most recent ones, so the figures
+/// follow the current load rather than the whole uptime.
+const WINDOW: usize = 1024;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A sliding window of durations, plus the running count and sum over all time.
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    recent: VecDeque<f64>,
+    count: u64,
+    sum_ms: f64,
+}
+
+impl LatencyWindow {
+    pub fn record(&mut self, duration: Duration) {
+        let ms = duration.as_secs_f64() * 1000.0;
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ms);
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    pub fn summary(&self) -> LatencySummary {
+        let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        LatencySummary {
+            p50_ms: percentile(&sorted, 0.50),
+            p95_ms: percentile(&sorted, 0.95),
+            count: self.count,
+            sum_ms: self.sum_ms,
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted samples; 0 without samples.
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+/// The endpoint's counters. One per server, shared by every request.
+#[derive(Debug)]
+pub struct HttpStats {
+    started: Instant,
+    /// Generation requests: single, batch items and refactors.
+    pub requests: Counter,
+    pub ok: Counter,
+    pub failed: Counter,
+    /// Ended by the client (disconnect) before the answer was complete.
+    pub cancelled: Counter,
+    /// Refused because the shared generation limit was reached.
+    pub shed: Counter,
+    /// Refused at once because the circuit breaker was open.
+    pub breaker_refused: Counter,
+    /// Refused as malformed (400, 413).
+    pub invalid: Counter,
+    pub unauthorized: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    /// Requests whose prompt went through the context engine.
+    pub context_requests: Counter,
+    pub chars_before: Counter,
+    pub chars_after: Counter,
+    pub breaker_opened: Counter,
+    pub breaker_half_opened: Counter,
+    pub breaker_closed: Counter,
+    edge_overhead: Mutex<LatencyWindow>,
+    backend_time: Mutex<LatencyWindow>,
+}
+
+impl Default for HttpStats {
+    fn default() -> Self {
+        HttpStats {
+            started: Instant::now(),
+            requests: Counter::default(),
+            ok: Counter::default(),
+            failed: Counter::default(),
+            cancelled: Counter::default(),
+            shed: Counter::default(),
+            breaker_refused: Counter::default(),
+            invalid: Counter::default(),
+            unauthorized: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            context_requests: Counter::default(),
+            chars_before: Counter::default(),
+            chars_after: Counter::default(),
+            breaker_opened: Counter::default(),
+            breaker_half_opened: Counter::default(),
+            breaker_closed: Counter::default(),
+            edge_overhead: Mutex::default(),
+            backend_time: Mutex::default(),
+        }
+    }
+}
+
+/// What the gauges read at snapshot time, from outside the counters.
+#[derive(Debug, Clone)]
+pub struct Gauges {
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    pub breaker: BreakerState,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    pub cache_max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    pub uptime_s: u64,
+    pub requests: RequestCounts,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    pub cache: CacheStats,
+    pub breaker: BreakerStats,
+    pub chunking: ChunkingTotals,
+    pub edge_overhead_ms: LatencySummary,
+    pub backend_ms: LatencySummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub shed: u64,
+    pub breaker_refused: u64,
+    pub invalid: u64,
+    pub unauthorized: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub bytes: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerStats {
+    /// `closed`, `open` or `half_open`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub transitions: BreakerTransitions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerTransitions {
+    pub opened: u64,
+    pub half_opened: u64,
+    pub closed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkingTotals {
+    /// Requests whose prompt went through the context engine.
+    pub requests: u64,
+    pub chars_before: u64,
+    pub chars_after: u64,
+    /// `100 * (1 - after / before)` over those requests.
+    pub reduction_percent: f64,
+}
+
+pub fn breaker_state_name(state: &BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+impl HttpStats {
+    fn window(lock: &Mutex<LatencyWindow>) -> std::sync::MutexGuard<'_, LatencyWindow> {
+        // A window is a few numbers updated under the lock; a panic elsewhere cannot
+        // leave it half-written.
+        lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn record_edge_overhead(&self, duration: Duration) {
+        Self::window(&self.edge_overhead).record(duration);
+    }
+
+    pub fn record_backend_time(&self, duration: Duration) {
+        Self::window(&self.backend_time).record(duration);
+    }
+
+    /// Counts the breaker's state changes from now on (the breaker is shared with
+    /// the LSP side, so theirs count too). Needs a Tokio runtime; without one it
+    /// does nothing.
+    pub fn watch_breaker(self: &Arc<Self>, breaker: &CircuitBreaker) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut changes = breaker.subscribe();
+        let stats = Arc::downgrade(self);
+        runtime.spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(stats) = stats.upgrade() else {
+                    return;
+                };
+                let counter = match *changes.borrow_and_update() {
+                    BreakerState::Closed => &stats.breaker_closed,
+                    BreakerState::Open { .. } => &stats.breaker_opened,
+                    BreakerState::HalfOpen => &stats.breaker_half_opened,
+                };
+                counter.inc();
+            }
+        });
+    }
+
+    pub fn snapshot(&self, gauges: Gauges) -> StatsSnapshot {
+        let before = self.chars_before.get();
+        let after = self.chars_after.get();
+        let reduction_percent = if before == 0 {
+            0.0
+        } else {
+            ((1000.0 * (1.0 - after as f64 / before as f64)).round()) / 10.0
+        };
+        let reason = match &gauges.breaker {
+            BreakerState::Open { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        StatsSnapshot {
+            uptime_s: self.started.elapsed().as_secs(),
+            requests: RequestCounts {
+                total: self.requests.get(),
+                ok: self.ok.get(),
+                failed: self.failed.get(),
+                cancelled: self.cancelled.get(),
+                shed: self.shed.get(),
+                breaker_refused: self.breaker_refused.get(),
+                invalid: self.invalid.get(),
+                unauthorized: self.unauthorized.get(),
+            },
+            in_flight: gauges.in_flight,
+            max_in_flight: gauges.max_in_flight,
+            cache: CacheStats {
+                hits: self.cache_hits.get(),
+                misses: self.cache_misses.get(),
+                entries: gauges.cache_entries,
+                bytes: gauges.cache_bytes,
+                max_bytes: gauges.cache_max_bytes,
+            },
+            breaker: BreakerStats {
+                state: breaker_state_name(&gauges.breaker),
+                reason,
+                transitions: BreakerTransitions {
+                    opened: self.breaker_opened.get(),
+                    half_opened: self.breaker_half_opened.get(),
+                    closed: self.breaker_closed.get(),
+                },
+            },
+            chunking: ChunkingTotals {
+                requests: self.context_requests.get(),
+                chars_before: before,
+                chars_after: after,
+                reduction_percent,
+            },
+            edge_overhead_ms: Self::window(&self.edge_overhead).summary(),
+            backend_ms: Self::window(&self.backend_time).summary(),
+        }
+    }
+}
+
+/// One metric family: `# HELP`, `# TYPE` and its samples (`labels` include braces).
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+    let _ = writeln!(out, "# HELP cerebrum_edge_{name} {help}");
+    let _ = writeln!(out, "# TYPE cerebrum_edge_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "cerebrum_edge_{name}{labels} {value}");
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of a snapshot.
+pub fn prometheus_text(snapshot: &StatsSnapshot) -> String {
+    let mut out = String::new();
+    let r = &snapshot.requests;
+    metric(
+        &mut out,
+        "http_requests_total",
+        "counter",
+        "Generation requests over HTTP, by outcome.",
+        &[
+            ("{outcome=\"ok\"}", r.ok as f64),
+            ("{outcome=\"failed\"}", r.failed as f64),
+            ("{outcome=\"cancelled\"}", r.cancelled as f64),
+            ("{outcome=\"shed\"}", r.shed as f64),
+            ("{outcome=\"breaker_refused\"}", r.breaker_refused as f64),
+        ],
+    );
+    metric(
+        &mut out,
+        "http_rejected_total",
+        "counter",
+        "HTTP requests refused before any work, by reason.",
+        &[
+            ("{reason=\"invalid\"}", r.invalid as f64),
+            ("{reason=\"unauthorized\"}", r.unauthorized as f64),
+        ],
+    );
+    metric(
+        &mut out,
+        "generations_in_flight",
+        "gauge",
+        "Generations in flight (LSP and HTTP together).",
+        &[("", snapshot.in_flight as f64)],
+    );
+    metric(
+        &mut out,
+        "generations_max_in_flight",
+        "gauge",
+        "The shared limit on generations in flight.",
+        &[("", snapshot.max_in_flight as f64)],
+    );
+    let c = &snapshot.cache;
+    metric(
+        &mut out,
+        "cache_lookups_total",
+        "counter",
+        "Temperature-0 answer cache lookups, by result.",
+        &[
+            ("{result=\"hit\"}", c.hits as f64),
+            ("{result=\"miss\"}", c.misses as f64),
+        ],
+    );
+    metric(
+        &mut out,
+        "cache_entries",
+        "gauge",
+        "Answers in the cache.",
+        &[("", c.entries as f64)],
+    );
+    metric(
+        &mut out,
+        "cache_bytes",
+        "gauge",
+        "Bytes the cache holds, keys included.",
+        &[("", c.bytes as f64)],
+    );
+    let b = &snapshot.breaker;
+    let state = |name: &str| if b.state == name { 1.0 } else { 0.0 };
+    metric(
+        &mut out,
+        "breaker_state",
+        "gauge",
+        "The backend circuit breaker's state (1 for the current one).",
+        &[
+            ("{state=\"closed\"}", state("closed")),
+            ("{state=\"open\"}", state("open")),
+            ("{state=\"half_open\"}", state("half_open")),
+        ],
+    );
+    metric(
+        &mut out,
+        "breaker_transitions_total",
+        "counter",
+        "Circuit breaker state changes, by the state entered.",
+        &[
+            ("{to=\"open\"}", b.transitions.opened as f64),
+            ("{to=\"half_open\"}", b.transitions.half_opened as f64),
+            ("{to=\"closed\"}", b.transitions.closed as f64),
+        ],
+    );
+    let k = &snapshot.chunking;
+    metric(
+        &mut out,
+        "context_requests_total",
+        "counter",
+        "Requests whose prompt went through the context engine.",
+        &[("", k.requests as f64)],
+    );
+    metric(
+        &mut out,
+        "context_chars_total",
+        "counter",
+        "Characters before and after the context engine.",
+        &[
+            ("{stage=\"before\"}", k.chars_before as f64),
+            ("{stage=\"after\"}", k.chars_after as f64),
+        ],
+    );
+    for (name, help, summary) in [
+        (
+            "overhead_seconds",
+            "Edge overhead: request received to backend request sent.",
+            &snapshot.edge_overhead_ms,
+        ),
+        (
+            "backend_seconds",
+            "Backend time: request sent to the last token.",
+            &snapshot.backend_ms,
+        ),
+    ] {
+        metric(
+            &mut out,
+            name,
+            "summary",
+            help,
+            &[
+                ("{quantile=\"0.5\"}", summary.p50_ms / 1000.0),
+                ("{quantile=\"0.95\"}", summary.p95_ms / 1000.0),
+            ],
+        );
+        let _ = writeln!(out, "cerebrum_edge_{name}_sum {}", summary.sum_ms / 1000.0);
+        let _ = writeln!(out, "cerebrum_edge_{name}_count {}", summary.count);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut window = LatencyWindow::default();
+        assert_eq!(window.summary().p50_ms, 0.0);
+        for ms in 1..=100 {
+            window.record(Duration::from_millis(ms));
+        }
+        let summary = window.summary();
+        assert_eq!(summary.p50_ms, 50.0);
+        assert_eq!(summary.p95_ms, 95.0);
+        assert_eq!(summary.count, 100);
+        assert_eq!(summary.sum_ms, 5050.0);
+    }
+
+    #[test]
+    fn the_window_keeps_the_most_recent_samples() {
+        let mut window = LatencyWindow::default();
+        for _ in 0..WINDOW {
+            window.record(Duration::from_millis(1000));
+        }
+        for _ in 0..WINDOW {
+            window.record(Duration::from_millis(1));
+        }
+        assert_eq!(window.summary().p95_ms, 1.0);
+        assert_eq!(window.summary().count, 2 * WINDOW as u64);
+    }
+
+    fn gauges(breaker: BreakerState) -> Gauges {
+        Gauges {
+            in_flight: 1,
+            max_in_flight: 2,
+            breaker,
+            cache_entries: 3,
+            cache_bytes: 4096,
+            cache_max_bytes: 8192,
+        }
+    }
+
+    #[test]
+    fn snapshot_reports_reduction_and_breaker_reason() {
+        let stats = HttpStats::default();
+        stats.context_requests.inc();
+        stats.chars_before.add(8000);
+        stats.chars_after.add(2000);
+        let snapshot = stats.snapshot(gauges(BreakerState::Open {
+            cooldown: Duration::from_secs(10),
+            reason: "connection refused".into(),
+        }));
+        assert_eq!(snapshot.chunking.reduction_percent, 75.0);
+        assert_eq!(snapshot.breaker.state, "open");
+        assert_eq!(
+            snapshot.breaker.reason.as_deref(),
+            Some("connection refused")
+        );
+    }
+
+    #[test]
+    fn prometheus_text_has_help_type_and_samples() {
+        let stats = HttpStats::default();
+        stats.ok.add(5);
+        stats.shed.inc();
+        stats.cache_hits.add(2);
+        stats.record_edge_overhead(Duration::from_millis(2));
+        let text = prometheus_text(&stats.snapshot(gauges(BreakerState::Closed)));
+        for line in [
+            "# TYPE cerebrum_edge_http_requests_total counter",
+            "cerebrum_edge_http_requests_total{outcome=\"ok\"} 5",
+            "cerebrum_edge_http_requests_total{outcome=\"shed\"} 1",
+            "cerebrum_edge_cache_lookups_total{result=\"hit\"} 2",
+            "cerebrum_edge_breaker_state{state=\"closed\"} 1",
+            "cerebrum_edge_generations_in_flight 1",
+            "# TYPE cerebrum_edge_overhead_seconds summary",
+            "cerebrum_edge_overhead_seconds{quantile=\"0.5\"} 0.002",
+            "cerebrum_edge_overhead_seconds_count 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // Every sample line is `name{labels} value` with a numeric value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
