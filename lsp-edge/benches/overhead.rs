@@ -100,7 +100,10 @@ async fn write_message(stream: &mut (impl AsyncWriteExt + Unpin), message: &Valu
     stream.flush().await.unwrap();
 }
 
-async fn read_messages(read: tokio::net::tcp::OwnedReadHalf, sink: mpsc::UnboundedSender<(Instant, Value)>) {
+async fn read_messages(
+    read: tokio::net::tcp::OwnedReadHalf,
+    sink: mpsc::UnboundedSender<(Instant, Value)>,
+) {
     let mut reader = BufReader::new(read);
     loop {
         let mut length = 0usize;
@@ -209,7 +212,11 @@ async fn main() {
     )
     .await;
     while inbox.recv().await.is_some_and(|(_, m)| m["id"] != 0) {}
-    write_message(&mut write, &json!({"jsonrpc": "2.0", "method": "initialized", "params": {}})).await;
+    write_message(
+        &mut write,
+        &json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}),
+    )
+    .await;
 
     let mut cursors = Vec::new();
     for doc in 0..DOCUMENTS {
@@ -266,7 +273,10 @@ async fn main() {
         "lsp-edge overhead: {DOCUMENTS} open documents of {DOCUMENT_BYTES} bytes, {REQUESTS} streamed inline completions of {TOKENS} tokens"
     );
     report("request -> first byte at vps-infer", request_overheads);
-    report("token from vps-infer -> partial result at the editor", token_overheads);
+    report(
+        "token from vps-infer -> partial result at the editor",
+        token_overheads,
+    );
     let (peak, now) = peak_rss_kb(edge.id());
     println!(
         "lsp-edge memory: peak RSS {:.1} MB, current RSS {:.1} MB",

@@ -69,7 +69,10 @@ pub async fn run(args: CompleteArgs) -> anyhow::Result<()> {
         &overrides,
     )
     .context("invalid configuration")?;
-    let text = read_input(args.file.as_ref())?;
+    let file = args.file.clone();
+    let text = tokio::task::spawn_blocking(move || read_input(file.as_ref()))
+        .await
+        .context("reading the input failed")??;
     let language = args.language.clone().or_else(|| {
         args.file
             .as_ref()

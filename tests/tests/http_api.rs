@@ -657,3 +657,44 @@ async fn refactor_with_a_model_too_small_fails_clearly_or_answers_valid_code() {
         .await;
     assert_error(status, &body, 400, "invalid_request_error");
 }
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_the_process_exits() {
+    let server = VpsInfer::start_smol();
+    let mut edge = LspEdge::start(&server.url());
+    let mut response = client()
+        .post(edge.url("/v1/complete"))
+        .json(&endless(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"token\"") {
+        let chunk = response.chunk().await.unwrap().expect("stream ended early");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let pid = edge.service.pid();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = edge.service.terminate(Duration::from_secs(30));
+        (status, edge)
+    });
+    // The stream ends with an error event instead of running to max_tokens.
+    while let Ok(Some(chunk)) = response.chunk().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last = sse_events(&seen).pop().unwrap();
+    assert_eq!(last["error"]["type"], "unavailable_error", "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{last}"
+    );
+    let (status, _edge) = status.await.unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lsp-edge {pid} did not exit cleanly: {status:?}"
+    );
+}

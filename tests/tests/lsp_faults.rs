@@ -114,8 +114,14 @@ impl FakeBackend {
         let behaviour = *self.behaviour.lock().unwrap();
         match behaviour {
             Behaviour::Status500 => {
-                let error = json!({"error": {"code": 500, "type": "server_error", "message": "boom"}});
-                respond(&mut stream, "500 Internal Server Error", "application/json", &error.to_string());
+                let error =
+                    json!({"error": {"code": 500, "type": "server_error", "message": "boom"}});
+                respond(
+                    &mut stream,
+                    "500 Internal Server Error",
+                    "application/json",
+                    &error.to_string(),
+                );
             }
             Behaviour::Stall => {
                 // Hold the connection open without a byte; lsp-edge's timeout ends it.
@@ -132,7 +138,12 @@ impl FakeBackend {
             Behaviour::NoFim if has_suffix => {
                 let error = json!({"error": {"code": 400, "type": "invalid_request_error",
                     "message": "model \"tiny\" has no fill-in-the-middle tokens, so `suffix` cannot be used with it"}});
-                respond(&mut stream, "400 Bad Request", "application/json", &error.to_string());
+                respond(
+                    &mut stream,
+                    "400 Bad Request",
+                    "application/json",
+                    &error.to_string(),
+                );
             }
             Behaviour::LoadingFirst => {
                 // Answer only once lsp-edge has seen "loading" and asked again.
@@ -185,10 +196,16 @@ fn backend_faults_are_clear_errors_and_three_open_the_breaker() {
     client.initialize(json!({}), json!({}));
     client.did_open(URI, "python", 1, TEXT);
     let mut ask = |expect: &str| {
-        let response = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4, None));
+        let response = client.request(
+            "textDocument/inlineCompletion",
+            inline_params(URI, 1, 4, None),
+        );
         assert_eq!(response.error_code(), -32803, "{:?}", response.outcome);
         let message = response.error_message();
-        assert!(message.contains(expect), "{message:?} should say {expect:?}");
+        assert!(
+            message.contains(expect),
+            "{message:?} should say {expect:?}"
+        );
     };
 
     ask("boom");
@@ -201,11 +218,20 @@ fn backend_faults_are_clear_errors_and_three_open_the_breaker() {
     // Open: refused at once, without a request to the backend.
     backend.set(Behaviour::Answer);
     ask("circuit breaker open");
-    assert_eq!(backend.inference_bodies().len(), 3, "the open breaker sent nothing");
-    let (_, message) = client.wait_for("the breaker's showMessage", |m| m["method"] == "window/showMessage");
+    assert_eq!(
+        backend.inference_bodies().len(),
+        3,
+        "the open breaker sent nothing"
+    );
+    let (_, message) = client.wait_for("the breaker's showMessage", |m| {
+        m["method"] == "window/showMessage"
+    });
     assert_eq!(message["params"]["type"], 2, "a warning: {message}");
     let text = message["params"]["message"].as_str().unwrap_or_default();
-    assert!(text.contains("unavailable") && text.contains("broke off"), "{text}");
+    assert!(
+        text.contains("unavailable") && text.contains("broke off"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -216,7 +242,10 @@ fn a_model_without_fim_tokens_gets_plain_prompts_after_one_refusal() {
     client.initialize(json!({}), json!({}));
     client.did_open(URI, "python", 1, TEXT);
     for _ in 0..2 {
-        let response = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4, None));
+        let response = client.request(
+            "textDocument/inlineCompletion",
+            inline_params(URI, 1, 4, None),
+        );
         assert_eq!(inline_text(response.result()).as_deref(), Some("return 42"));
     }
     let bodies = backend.inference_bodies();
@@ -225,7 +254,10 @@ fn a_model_without_fim_tokens_gets_plain_prompts_after_one_refusal() {
     assert_eq!(bodies[0]["prompt"], "def answer():\n    ");
     for body in &bodies[1..] {
         assert!(body.get("suffix").is_none(), "{body}");
-        assert!(body["prompt"].as_str().unwrap_or_default().ends_with("def answer():\n    "));
+        assert!(body["prompt"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("def answer():\n    "));
         assert_eq!(body["stream"], true);
     }
 }
@@ -238,7 +270,10 @@ fn a_loading_model_shows_as_work_done_progress() {
     let mut client = edge.client();
     client.initialize(json!({}), json!({"window": {"workDoneProgress": true}}));
     client.did_open(URI, "python", 1, TEXT);
-    let response = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4, None));
+    let response = client.request(
+        "textDocument/inlineCompletion",
+        inline_params(URI, 1, 4, None),
+    );
     assert_eq!(inline_text(response.result()).as_deref(), Some("return 42"));
 
     let (_, create) = client.wait_for("window/workDoneProgress/create", |m| {
@@ -246,12 +281,18 @@ fn a_loading_model_shows_as_work_done_progress() {
     });
     let token = create["params"]["token"].clone();
     let (_, begin) = client.wait_for("the progress begin", |m| {
-        m["method"] == "$/progress" && m["params"]["token"] == token && m["params"]["value"]["kind"] == "begin"
+        m["method"] == "$/progress"
+            && m["params"]["token"] == token
+            && m["params"]["value"]["kind"] == "begin"
     });
-    let message = begin["params"]["value"]["message"].as_str().unwrap_or_default();
+    let message = begin["params"]["value"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(message.contains("loading"), "{begin}");
     client.wait_for("the progress end", |m| {
-        m["method"] == "$/progress" && m["params"]["token"] == token && m["params"]["value"]["kind"] == "end"
+        m["method"] == "$/progress"
+            && m["params"]["token"] == token
+            && m["params"]["value"]["kind"] == "end"
     });
     assert!(
         backend.inference_bodies()[0].get("suffix").is_some(),
@@ -262,7 +303,12 @@ fn a_loading_model_shows_as_work_done_progress() {
 #[test]
 fn the_session_token_is_required_and_checked() {
     let backend = FakeBackend::start(Behaviour::Answer);
-    let edge = LspEdge::start(&backend.url(), "key", "", &[("CEREBRUM_LSP_TOKEN", "s3cret-token")]);
+    let edge = LspEdge::start(
+        &backend.url(),
+        "key",
+        "",
+        &[("CEREBRUM_LSP_TOKEN", "s3cret-token")],
+    );
 
     for (options, expected) in [
         (json!({}), "requires a session token"),
@@ -275,7 +321,11 @@ fn the_session_token_is_required_and_checked() {
             json!({"processId": null, "rootUri": null, "capabilities": {}, "initializationOptions": options}),
         );
         assert_eq!(response.error_code(), -32001, "{:?}", response.outcome);
-        assert!(response.error_message().contains(expected), "{:?}", response.outcome);
+        assert!(
+            response.error_message().contains(expected),
+            "{:?}",
+            response.outcome
+        );
         assert!(
             client.wait_closed(Duration::from_secs(60)),
             "a refused session is closed"
@@ -285,7 +335,10 @@ fn the_session_token_is_required_and_checked() {
     let mut client = edge.client();
     client.initialize(json!({"token": "s3cret-token"}), json!({}));
     client.did_open(URI, "python", 1, TEXT);
-    let response = client.request("textDocument/inlineCompletion", inline_params(URI, 1, 4, None));
+    let response = client.request(
+        "textDocument/inlineCompletion",
+        inline_params(URI, 1, 4, None),
+    );
     assert_eq!(inline_text(response.result()).as_deref(), Some("return 42"));
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -118,6 +119,13 @@ pub async fn spawn(edge: Arc<Edge>) -> std::io::Result<HttpServer> {
     let shutdown = state.shutdown.clone();
     let signal = shutdown.clone().cancelled_owned();
     let router = app(state);
+    // One small write per token: without TCP_NODELAY, Nagle's algorithm would hold
+    // tokens back while waiting for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {err}");
+        }
+    });
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router)
             .with_graceful_shutdown(signal)

@@ -192,14 +192,7 @@ pub async fn complete(
         if stream {
             Ok(sse(generation, app.shutdown.clone()).into_response())
         } else {
-            let summary = generation.collect().await?;
-            tracing::info!(
-                tokens = summary.total_tokens,
-                cached = summary.cached,
-                total_ms = summary.timings.total_ms,
-                "answered"
-            );
-            Ok(Json(summary).into_response())
+            Ok(Json(generation.collect().await?).into_response())
         }
     }
     .instrument(span)

@@ -481,6 +481,14 @@ impl Generation {
                             },
                         };
                         self.record_ok(sent - self.received, Some(sent.elapsed()));
+                        tracing::info!(
+                            tokens = summary.total_tokens,
+                            cached_tokens = summary.cached_tokens,
+                            edge_overhead_ms = summary.timings.edge_overhead_ms,
+                            backend_ms = summary.timings.backend_ms,
+                            chunked = summary.chunking.chunked,
+                            "answered"
+                        );
                         if let Some(key) = self.cache_key.take() {
                             if summary.stop_reason != "cancelled" {
                                 let bytes = summary.text.len()
