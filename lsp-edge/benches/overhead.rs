@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures::stream::{self, Stream};
 use serde_json::{json, Value};
@@ -171,6 +172,11 @@ async fn main() {
     let recorder: Shared = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
+    // Without TCP_NODELAY, Nagle's algorithm holds a token back until the previous
+    // one is acknowledged, and delayed ACKs make that up to 40 ms.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let app = Router::new()
         .route("/v1/inference", post(inference))
         .with_state(recorder.clone());
@@ -191,7 +197,11 @@ async fn main() {
         .args(["--http", &format!("127.0.0.1:{}", free_port())])
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        // `LSP_EDGE_BENCH_LOG=lsp_edge=debug` shows where the time goes.
+        .env(
+            "RUST_LOG",
+            std::env::var("LSP_EDGE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .expect("start lsp-edge");
     let stream = loop {

@@ -99,10 +99,10 @@ fn documents_edits_and_inline_completions_over_tcp() {
     );
     let list = response.result();
     assert_eq!(list["isIncomplete"], true, "{list}");
-    if let Some((new_text, start)) = completion_edit(list) {
-        assert!(new_text.starts_with("return"), "{new_text:?}");
-        assert_eq!(start, json!({"line": 8, "character": 4}));
-    }
+    let (new_text, start) =
+        completion_edit(list).unwrap_or_else(|| panic!("a completion item: {list}"));
+    assert!(new_text.starts_with("return"), "{new_text:?}");
+    assert_eq!(start, json!({"line": 8, "character": 4}));
 
     // Inline completion without a partialResultToken: one answer, no progress.
     let response = client.request(
@@ -167,10 +167,10 @@ fn documents_edits_and_inline_completions_over_tcp() {
     let response = client.response(id);
     let list = response.result();
     assert_eq!(list["isIncomplete"], true, "{list}");
-    if let Some((new_text, start)) = completion_edit(list) {
-        assert!(new_text.starts_with("pri"), "{new_text:?}");
-        assert_eq!(start, json!({"line": 1, "character": 19}));
-    }
+    let (new_text, start) =
+        completion_edit(list).unwrap_or_else(|| panic!("a completion item: {list}"));
+    assert!(new_text.starts_with("pri"), "{new_text:?}");
+    assert_eq!(start, json!({"line": 1, "character": 19}));
     for (index, value) in client.progress("rs-menu") {
         assert!(index < response.index);
         assert_eq!(value["isIncomplete"], true, "{value}");
@@ -179,9 +179,12 @@ fn documents_edits_and_inline_completions_over_tcp() {
         "textDocument/inlineCompletion",
         inline_params(RS_URI, 1, cursor, None),
     );
-    if let Some(item) = response.result()["items"].get(0) {
-        assert_eq!(item["range"]["start"], json!({"line": 1, "character": 22}));
-    }
+    let item = &response.result()["items"][0];
+    assert_eq!(
+        item["range"]["start"],
+        json!({"line": 1, "character": 22}),
+        "{item}"
+    );
 
     // Positions past the end clamp instead of failing.
     let response = client.request(

@@ -24,12 +24,15 @@ enum Behaviour {
     NoFim,
     /// `/health` says "loading" until it has been asked twice; only then answer.
     LoadingFirst,
+    /// Send `return` and then nothing more, until the client goes away.
+    FirstTokenThenStall,
 }
 
 #[derive(Default)]
 struct Seen {
     inference_bodies: Vec<Value>,
     health_calls: usize,
+    streams_dropped: usize,
 }
 
 #[derive(Clone)]
@@ -153,6 +156,18 @@ impl FakeBackend {
                 }
                 drop(seen);
                 stream_answer(&mut stream);
+            }
+            Behaviour::FirstTokenThenStall => {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+                     data: {{\"token\":\"return\"}}\n\n"
+                );
+                let _ = stream.flush();
+                // Returns when lsp-edge drops the stream.
+                let _ = stream.read(&mut [0; 1]);
+                lock.lock().unwrap().streams_dropped += 1;
+                signal.notify_all();
             }
             Behaviour::Answer | Behaviour::NoFim => stream_answer(&mut stream),
         }
@@ -298,6 +313,33 @@ fn a_loading_model_shows_as_work_done_progress() {
         backend.inference_bodies()[0].get("suffix").is_some(),
         "a model with FIM gets fill-in-the-middle requests"
     );
+}
+
+#[test]
+fn completion_answers_within_its_budget_with_what_has_arrived() {
+    let backend = FakeBackend::start(Behaviour::FirstTokenThenStall);
+    let edge = LspEdge::start(&backend.url(), "key", "", &[]);
+    let mut client = edge.client();
+    client.initialize(json!({"completion": {"budget_ms": 500}}), json!({}));
+    client.did_open(URI, "python", 1, TEXT);
+    let response = client.request(
+        "textDocument/completion",
+        json!({"textDocument": {"uri": URI}, "position": {"line": 1, "character": 4}}),
+    );
+    let list = response.result();
+    assert_eq!(list["isIncomplete"], true, "{list}");
+    assert_eq!(list["items"][0]["textEdit"]["newText"], "return", "{list}");
+    assert_eq!(list["items"][0]["label"], "return", "{list}");
+
+    // The stream was dropped when the budget ran out, not left generating.
+    let (lock, signal) = &*backend.seen;
+    let seen = lock.lock().unwrap();
+    let (seen, _) = signal
+        .wait_timeout_while(seen, cerebrum_tests::lsp_client::WAIT, |seen| {
+            seen.streams_dropped == 0
+        })
+        .unwrap();
+    assert_eq!(seen.streams_dropped, 1);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -38,9 +39,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         max_body_bytes: config.max_body_bytes,
     };
+    // Tokens go out one small SSE event at a time: without TCP_NODELAY, Nagle's
+    // algorithm and the peer's delayed ACK hold some of them back for tens of ms.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {}", config.listen))?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     if config.api_key.is_none() {
         tracing::warn!("no API key configured: every client on this loopback address is let in");
     }

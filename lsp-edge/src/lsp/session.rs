@@ -703,12 +703,22 @@ impl LanguageServer for Session {
 
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
         let document = params.text_document;
+        let uri = document.uri.clone();
         self.documents.open(
             document.uri,
             &document.language_id,
             document.version,
             &document.text,
         );
+        // Parse now, off the runtime, so that the first completion finds the tree
+        // ready; one that comes sooner parses for itself.
+        if let Ok(snapshot) = self.documents.snapshot(&uri) {
+            let engine = self.edge.engine.clone();
+            let parsed = tokio::task::spawn_blocking(move || snapshot.into_document(&engine));
+            if let Ok((document, token)) = parsed.await {
+                self.documents.store_parsed(token, document);
+            }
+        }
     }
 
     async fn did_change(&self, params: DidChangeTextDocumentParams) {
