@@ -263,7 +263,10 @@ impl VpsInferBuilder {
             // their own test, everything else runs with them wide open.
             .env("CEREBRUM_GUARD_MAX_CPU_PERCENT", "100")
             .env("CEREBRUM_GUARD_MIN_FREE_MEMORY_MB", "0")
-            .env("RUST_LOG", "info,vps_infer=debug");
+            .env("RUST_LOG", "info,vps_infer=debug")
+            // Several test servers share two cores: OpenMP threads that spin while
+            // waiting would starve each other.
+            .env("OMP_WAIT_POLICY", "PASSIVE");
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }

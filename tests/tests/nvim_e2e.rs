@@ -374,6 +374,8 @@ fn nvim_gets_ghost_text_and_the_refactor_action_from_lsp_edge_on_smollm2() {
     cmd.arg("serve")
         .arg("--listen")
         .arg(addr.to_string())
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", cerebrum_tests::free_port()))
         .arg("--backend")
         .arg(infer.url())
         .env("CEREBRUM_API_KEY", infer.api_key())
