@@ -51,6 +51,8 @@ pub struct InferenceRequest {
 #[serde(default)]
 pub struct GenerationStats {
     pub text: String,
+    /// The model vps-infer used (its default when the request named none).
+    pub model: Option<String>,
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
     pub total_tokens: u64,

@@ -176,6 +176,8 @@ async fn worked_example_def_hello_streams_tokens_then_done_without_chunking() {
     assert_eq!(done["done"], true, "{done}");
     assert_eq!(done["text"], streamed.as_str(), "{done}");
     assert!(done["total_tokens"].as_u64().unwrap() > 0, "{done}");
+    // The request named no model: the answer says which one vps-infer used.
+    assert_eq!(done["model"], "smollm2-135m", "{done}");
     let chunking = &done["chunking"];
     assert_eq!(chunking["context_engine"], false, "{done}");
     assert_eq!(chunking["chunked"], false, "{done}");

@@ -465,7 +465,7 @@ impl Generation {
                         self.source = None;
                         let summary = Summary {
                             text: std::mem::take(&mut self.text),
-                            model: self.model.clone(),
+                            model: done.model.clone().or_else(|| self.model.clone()),
                             cached: false,
                             fim: self.fim,
                             prompt_tokens: done.prompt_tokens,
