@@ -307,6 +307,44 @@ impl VpsInfer {
     pub fn api_key(&self) -> &'static str {
         TEST_API_KEY
     }
+
+    /// `GET /v1/stats`, from synchronous tests too (it runs its own small runtime on a
+    /// separate thread, so it is safe inside or outside another runtime).
+    pub fn stats(&self) -> serde_json::Value {
+        let url = format!("{}/v1/stats", self.url());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                reqwest::Client::new()
+                    .get(url)
+                    .header("X-API-Key", TEST_API_KEY)
+                    .send()
+                    .await
+                    .expect("GET /v1/stats")
+                    .json()
+                    .await
+                    .expect("stats JSON")
+            })
+        })
+        .join()
+        .expect("stats thread")
+    }
+}
+
+/// Reads a streaming SSE response until its first `token` event has arrived.
+pub async fn read_until_first_token(response: &mut reqwest::Response) {
+    let mut seen = String::new();
+    while !seen.contains("\"token\"") {
+        let chunk = response
+            .chunk()
+            .await
+            .expect("reading the stream")
+            .expect("the stream ended before its first token");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }
 
 /// A temporary folder removed on drop (kept when the test fails, for its logs).

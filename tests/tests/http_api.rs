@@ -446,11 +446,7 @@ async fn a_client_disconnect_cancels_the_generation_in_vps_infer() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut seen = String::new();
-    while !seen.contains("\"token\"") {
-        let chunk = response.chunk().await.unwrap().expect("stream ended early");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    cerebrum_tests::read_until_first_token(&mut response).await;
     drop(response);
 
     eventually("vps-infer counts a cancel", || async {
@@ -671,17 +667,14 @@ async fn sigterm_ends_open_streams_and_the_process_exits() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut seen = String::new();
-    while !seen.contains("\"token\"") {
-        let chunk = response.chunk().await.unwrap().expect("stream ended early");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    cerebrum_tests::read_until_first_token(&mut response).await;
     let pid = edge.service.pid();
     let status = tokio::task::spawn_blocking(move || {
         let status = edge.service.terminate(Duration::from_secs(30));
         (status, edge)
     });
     // The stream ends with an error event instead of running to max_tokens.
+    let mut seen = String::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }

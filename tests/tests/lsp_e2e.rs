@@ -284,30 +284,11 @@ fn cancel_supersede_and_load_shedding() {
     }
 
     // The cancelled and the superseded streams were dropped, which vps-infer counts.
-    let stats = vps_infer_stats(&infer);
+    let stats = infer.stats();
     assert!(
         stats["requests"]["cancelled"].as_u64() >= Some(2),
         "vps-infer saw the dropped streams as cancelled: {stats}"
     );
-}
-
-/// vps-infer's `/v1/stats` (the tests crate's reqwest is async).
-fn vps_infer_stats(infer: &VpsInfer) -> Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/v1/stats", infer.url()))
-            .header("X-API-Key", infer.api_key())
-            .send()
-            .await
-            .expect("GET /v1/stats")
-            .json()
-            .await
-            .expect("stats JSON")
-    })
 }
 
 /// vps-infer on a fixed port, so that it can come back where lsp-edge expects it.

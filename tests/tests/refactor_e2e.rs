@@ -268,7 +268,7 @@ fn cancelling_the_resolve_stops_the_generation_on_vps_infer() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let stats = vps_infer_stats(&infer);
+        let stats = infer.stats();
         if stats["requests"]["cancelled"].as_u64() >= Some(1) {
             break;
         }
@@ -279,23 +279,4 @@ fn cancelling_the_resolve_stops_the_generation_on_vps_infer() {
         std::thread::sleep(Duration::from_millis(200));
     }
     client.shutdown();
-}
-
-/// vps-infer's `/v1/stats` (the tests crate's reqwest is async).
-fn vps_infer_stats(infer: &VpsInfer) -> Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/v1/stats", infer.url()))
-            .header("X-API-Key", infer.api_key())
-            .send()
-            .await
-            .expect("GET /v1/stats")
-            .json()
-            .await
-            .expect("stats JSON")
-    })
 }

@@ -28,6 +28,17 @@ async fn post(server: &VpsInfer, path: &str, body: Value) -> (u16, Value) {
     (status, response.json().await.unwrap())
 }
 
+/// `POST /v1/inference` with the key, answering the raw response (for streams and headers).
+async fn send_inference(server: &VpsInfer, body: Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/inference", server.url()))
+        .header("X-API-Key", TEST_API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn get(server: &VpsInfer, path: &str) -> (u16, Value) {
     let response = client()
         .get(format!("{}{path}", server.url()))
@@ -154,13 +165,11 @@ async fn non_streamed_inference_answers_text_and_stats() {
 #[tokio::test]
 async fn streamed_inference_sends_tokens_then_done() {
     let server = VpsInfer::start_smol();
-    let response = client()
-        .post(format!("{}/v1/inference", server.url()))
-        .header("X-API-Key", TEST_API_KEY)
-        .json(&json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let response = send_inference(
+        &server,
+        json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": true}),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()
@@ -232,23 +241,16 @@ async fn shared_prefix_reuses_the_cache_and_matches_a_cold_run() {
 async fn a_dropped_stream_stops_decoding() {
     let server = VpsInfer::start_smol();
     let max_tokens = 2000;
-    let mut response = client()
-        .post(format!("{}/v1/inference", server.url()))
-        .header("X-API-Key", TEST_API_KEY)
-        .json(&json!({
+    let mut response = send_inference(
+        &server,
+        json!({
             "prompt": "List every integer from 1 to 5000, one per line:\n1\n2\n3\n",
             "max_tokens": max_tokens, "temperature": 0.8, "seed": 7, "stream": true
-        }))
-        .send()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     assert_eq!(response.status(), 200);
-    // Read until at least one token has arrived, then hang up.
-    let mut seen = String::new();
-    while !seen.contains("\"token\"") {
-        let chunk = response.chunk().await.unwrap().expect("stream ended early");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    cerebrum_tests::read_until_first_token(&mut response).await;
     drop(response);
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -434,13 +436,7 @@ async fn memory_guard_refuses_with_503_and_retry_after() {
     // The guard samples once a second.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let response = client()
-            .post(format!("{}/v1/inference", server.url()))
-            .header("X-API-Key", TEST_API_KEY)
-            .json(&json!({"prompt": "x", "max_tokens": 1}))
-            .send()
-            .await
-            .unwrap();
+        let response = send_inference(&server, json!({"prompt": "x", "max_tokens": 1})).await;
         if response.status() == 503 {
             assert!(response.headers().contains_key("retry-after"));
             let body: Value = response.json().await.unwrap();
@@ -482,13 +478,7 @@ async fn cpu_guard_counts_other_processes_only() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     let refused = loop {
-        let response = client()
-            .post(format!("{}/v1/inference", server.url()))
-            .header("X-API-Key", TEST_API_KEY)
-            .json(&json!({"prompt": "x", "max_tokens": 1}))
-            .send()
-            .await
-            .unwrap();
+        let response = send_inference(&server, json!({"prompt": "x", "max_tokens": 1})).await;
         if response.status() == 503 {
             break response.json::<Value>().await.unwrap();
         }
@@ -518,13 +508,7 @@ async fn a_full_queue_is_refused_at_once() {
         .env("CEREBRUM_QUEUE_SIZE", "1")
         .start();
     // One long generation holds the engine...
-    let mut busy = client()
-        .post(format!("{}/v1/inference", server.url()))
-        .header("X-API-Key", TEST_API_KEY)
-        .json(&json!({"prompt": "Count to a thousand:", "max_tokens": 1500, "temperature": 0.9, "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut busy = send_inference(&server, json!({"prompt": "Count to a thousand:", "max_tokens": 1500, "temperature": 0.9, "stream": true})).await;
     assert_eq!(busy.status(), 200);
     busy.chunk().await.unwrap();
     // ...one more waits for it...
@@ -551,13 +535,7 @@ async fn a_full_queue_is_refused_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // ...and the next is turned away.
-    let response = client()
-        .post(format!("{}/v1/inference", server.url()))
-        .header("X-API-Key", TEST_API_KEY)
-        .json(&json!({"prompt": "x", "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap();
+    let response = send_inference(&server, json!({"prompt": "x", "max_tokens": 1})).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     drop(busy);
@@ -567,13 +545,7 @@ async fn a_full_queue_is_refused_at_once() {
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_exits_quickly() {
     let mut server = VpsInfer::start_smol();
-    let mut stream = client()
-        .post(format!("{}/v1/inference", server.url()))
-        .header("X-API-Key", TEST_API_KEY)
-        .json(&json!({"prompt": "Tell a very long story:", "max_tokens": 3000, "temperature": 0.9, "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut stream = send_inference(&server, json!({"prompt": "Tell a very long story:", "max_tokens": 3000, "temperature": 0.9, "stream": true})).await;
     assert_eq!(stream.status(), 200);
     stream.chunk().await.unwrap();
     let status = server
