@@ -102,6 +102,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
             median(rows.iter().map(|o| o.tokens_per_second)),
         );
     }
+    tokio::task::spawn_blocking(move || engine.stop()).await?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine = engine::Engine::start(&config, stats.clone(), guard.clone())?;
     let shutdown = CancellationToken::new();
     let state = AppState {
-        engine,
+        engine: engine.clone(),
         stats,
         guard,
         api_key: config.api_key.as_deref().map(Arc::from),
@@ -71,6 +71,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
         .await
         .context("HTTP server failed")?;
+    // Streams have ended; let the engine leave llama.cpp before the process exits.
+    tokio::task::spawn_blocking(move || engine.stop())
+        .await
+        .context("stopping the engine")?;
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -10,8 +10,9 @@ pub mod text;
 mod worker;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -93,6 +94,8 @@ pub(crate) struct Job {
 pub(crate) enum Command {
     Generate(Job),
     Unload(oneshot::Sender<UnloadReport>),
+    /// Stop decoding, free the model and end the thread.
+    Stop,
 }
 
 /// What `/v1/cleanup` freed.
@@ -119,6 +122,8 @@ pub(crate) struct Shared {
     pub idle_unload: Duration,
     /// Jobs submitted and not yet taken by the engine thread.
     pub queued: AtomicUsize,
+    /// Set on shutdown: the job in progress stops at its next token.
+    pub stopping: AtomicBool,
 }
 
 impl Shared {
@@ -134,6 +139,7 @@ impl Shared {
 pub struct Engine {
     tx: std_mpsc::Sender<Command>,
     shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     queue_size: usize,
     default_model: String,
 }
@@ -153,10 +159,11 @@ impl Engine {
             models: config.models.clone(),
             idle_unload: config.idle_unload,
             queued: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
         });
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let worker_shared = shared.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("llama-engine".into())
             .spawn(move || worker::run(rx, worker_shared, ready_tx))?;
         // Backend initialisation errors are startup errors.
@@ -166,6 +173,7 @@ impl Engine {
         Ok(Engine {
             tx,
             shared,
+            thread: Arc::new(Mutex::new(Some(thread))),
             queue_size: config.queue_size,
             default_model: config.default_model.clone(),
         })
@@ -222,6 +230,21 @@ impl Engine {
             return Err(ApiError::Server("the inference engine has stopped".into()));
         }
         Ok(rx)
+    }
+
+    /// Stops the engine thread and waits for it: the job in progress ends at its next
+    /// token and the model is freed. The process must not exit while that thread is
+    /// inside llama.cpp (tearing down under a running decode crashes), so shutdown
+    /// calls this before returning from `main`. Blocks; call it off the runtime.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Command::Stop);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the engine thread panicked");
+            }
+        }
     }
 
     /// Unloads the model now (after the job in progress, if any).

@@ -57,6 +57,7 @@ pub(crate) fn run(
                 let _ = reply.send(UnloadReport::default());
                 continue;
             }
+            Command::Stop => return,
             Command::Generate(job) => job,
         };
         let name = job.request.model.clone();
@@ -105,6 +106,8 @@ pub(crate) fn run(
                     break None;
                 }
                 Command::Unload(reply) => break Some(reply),
+                // Session and model are dropped on the way out, in that order.
+                Command::Stop => return,
             }
         };
         drop(session);
@@ -128,6 +131,11 @@ fn take(shared: &Shared, job: Job) -> Job {
 }
 
 impl Job {
+    /// The client went away, or the server is stopping.
+    fn cancelled(&self, shared: &Shared) -> bool {
+        self.events.is_closed() || shared.stopping.load(Ordering::Relaxed)
+    }
+
     fn fail(self, shared: &Shared, error: ApiError) {
         Stats::add(&shared.stats.requests_failed, 1);
         let _ = self.events.blocking_send(Event::Error(error));
@@ -226,7 +234,7 @@ impl<'m> Session<'m> {
     }
 
     fn run(&mut self, shared: &Shared, model_name: &str, job: Job) {
-        if job.events.is_closed() {
+        if job.cancelled(shared) {
             Stats::add(&shared.stats.requests_cancelled, 1);
             return;
         }
@@ -285,7 +293,7 @@ impl<'m> Session<'m> {
         let eval_started = Instant::now();
         let mut batch = LlamaBatch::new(self.batch_size.max(1), 1);
         for chunk in tokens[reuse..].chunks(self.batch_size.max(1)) {
-            if job.events.is_closed() {
+            if job.cancelled(shared) {
                 return Ok(self.outcome(
                     request,
                     &tokens,
@@ -341,7 +349,7 @@ impl<'m> Session<'m> {
             if generated >= max_tokens {
                 break StopReason::Length;
             }
-            if job.events.is_closed() {
+            if job.cancelled(shared) {
                 break StopReason::Cancelled;
             }
             let token = sampler.sample(&self.ctx, logits_index);
