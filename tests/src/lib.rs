@@ -373,6 +373,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Asserts that `body` is the error envelope shared by vps-infer and lsp-edge's HTTP
+/// endpoint: `{"error": {"code", "type", "message"}}`, answered with status `code`.
+pub fn assert_error(status: u16, body: &serde_json::Value, code: u16, kind: &str) {
+    assert_eq!(status, code, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(body["error"]["type"], kind, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
 /// Parses a `text/event-stream` body into the JSON payloads of its `data:` lines.
 pub fn sse_events(body: &str) -> Vec<serde_json::Value> {
     body.lines()

@@ -72,7 +72,8 @@ impl Response {
     }
 }
 
-fn write_frame(writer: &mut dyn Write, message: &Value) -> std::io::Result<()> {
+/// Writes one message with its `Content-Length` header.
+pub fn write_frame(writer: &mut dyn Write, message: &Value) -> std::io::Result<()> {
     let body = message.to_string();
     write!(writer, "Content-Length: {}\r\n\r\n{body}", body.len())?;
     writer.flush()

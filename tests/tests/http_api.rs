@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cerebrum_tests::{
-    binary, free_port, model_path, sse_events, Service, TempDir, VpsInfer, TEST_API_KEY,
+    assert_error, binary, free_port, model_path, sse_events, Service, TempDir, VpsInfer,
+    TEST_API_KEY,
 };
 use serde_json::{json, Value};
 
@@ -103,18 +104,6 @@ async fn backend_stats(server: &VpsInfer) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-fn assert_error(status: u16, body: &Value, code: u16, kind: &str) {
-    assert_eq!(status, code, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert_eq!(body["error"]["type"], kind, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
 }
 
 /// Polls `check` until it holds, for at most a minute (the machine may be busy).

