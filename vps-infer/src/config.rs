@@ -29,7 +29,15 @@ pub struct ModelConfig {
     pub ctx_size: u32,
     pub threads: u32,
     pub batch_size: u32,
+    /// Shortest run of cached tokens that is shifted into place instead of evaluated
+    /// again, past the first difference from the cache (llama.cpp's `--cache-reuse`);
+    /// 0 keeps only the common prefix.
+    pub cache_reuse: u32,
 }
+
+/// Long enough that a shifted run is a real block of text (the suffix, a context
+/// chunk, the window's lines), short enough for a one-line suffix.
+const DEFAULT_CACHE_REUSE: u32 = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GuardConfig {
@@ -50,6 +58,7 @@ pub struct FileConfig {
     pub threads: Option<u32>,
     pub ctx_size: Option<u32>,
     pub batch_size: Option<u32>,
+    pub cache_reuse: Option<u32>,
     pub idle_unload_secs: Option<u64>,
     pub queue_size: Option<usize>,
     #[serde(default)]
@@ -81,6 +90,7 @@ pub struct Overrides {
     pub default_model: Option<String>,
     pub threads: Option<u32>,
     pub ctx_size: Option<u32>,
+    pub cache_reuse: Option<u32>,
     pub api_key_file: Option<PathBuf>,
 }
 
@@ -139,6 +149,13 @@ impl Config {
         )?
         .unwrap_or(512)
         .clamp(32, ctx_size);
+        let cache_reuse = pick_parsed(
+            "cache_reuse",
+            flags.cache_reuse,
+            env("CEREBRUM_CACHE_REUSE"),
+            file_cfg.cache_reuse,
+        )?
+        .unwrap_or(DEFAULT_CACHE_REUSE);
 
         let mut models = BTreeMap::new();
         let mut first_model = None;
@@ -152,6 +169,7 @@ impl Config {
                     ctx_size: m.ctx_size.unwrap_or(ctx_size),
                     threads: m.threads.unwrap_or(threads),
                     batch_size,
+                    cache_reuse,
                 },
             );
         }
@@ -172,6 +190,7 @@ impl Config {
                     ctx_size,
                     threads,
                     batch_size,
+                    cache_reuse,
                 },
             );
         }

@@ -37,6 +37,11 @@ struct Flags {
     /// Context size in tokens [default: 4096].
     #[arg(long, global = true)]
     ctx_size: Option<u32>,
+    /// Shortest run of cached tokens shifted into place past the first difference
+    /// from the cache, like llama.cpp's --cache-reuse; 0 reuses only the common
+    /// prefix [default: 16].
+    #[arg(long, global = true)]
+    cache_reuse: Option<u32>,
     /// File holding the API key (the key may also come from CEREBRUM_API_KEY).
     #[arg(long, global = true)]
     api_key_file: Option<PathBuf>,
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             default_model: flags.default_model,
             threads: flags.threads,
             ctx_size: flags.ctx_size,
+            cache_reuse: flags.cache_reuse,
             api_key_file: flags.api_key_file,
         },
     )

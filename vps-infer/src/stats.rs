@@ -18,6 +18,8 @@ pub struct Stats {
     pub rejected_auth: AtomicU64,
     pub prompt_tokens_evaluated: AtomicU64,
     pub prompt_tokens_reused: AtomicU64,
+    /// Of the reused tokens, those found past the first difference and shifted.
+    pub prompt_tokens_shifted: AtomicU64,
     pub tokens_generated: AtomicU64,
     /// Total time spent generating (not evaluating prompts), in microseconds.
     pub generation_us: AtomicU64,
@@ -67,6 +69,7 @@ impl Stats {
             },
             prompt_tokens_evaluated: get(&self.prompt_tokens_evaluated),
             prompt_tokens_reused: get(&self.prompt_tokens_reused),
+            prompt_tokens_shifted: get(&self.prompt_tokens_shifted),
             tokens_generated: generated,
             mean_tokens_per_second: if gen_us == 0 {
                 0.0
@@ -87,6 +90,7 @@ pub struct StatsSnapshot {
     pub requests: RequestStats,
     pub prompt_tokens_evaluated: u64,
     pub prompt_tokens_reused: u64,
+    pub prompt_tokens_shifted: u64,
     pub tokens_generated: u64,
     pub mean_tokens_per_second: f64,
     /// Requests waiting for the engine right now.

@@ -17,6 +17,10 @@ pub struct EngineConfig {
     pub max_chunk_chars: usize,
     /// Whole lines of prefix before the cursor line.
     pub prefix_max_lines: usize,
+    /// The prefix window starts on a multiple of this many lines, so that it moves
+    /// in steps rather than at every Enter (the KV cache stays valid meanwhile); 1
+    /// slides it line by line.
+    pub window_step_lines: usize,
     pub prefix_max_chars: usize,
     /// Whole lines of suffix after the cursor line (kept short: the suffix matters
     /// less to the model than the prefix).
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             budget_chars: 4_000,
             max_chunk_chars: 1_200,
             prefix_max_lines: 60,
+            window_step_lines: 16,
             prefix_max_chars: 3_000,
             suffix_max_lines: 15,
             suffix_max_chars: 800,

@@ -77,12 +77,20 @@ pub struct Context {
 
 /// Byte ranges of the prefix and suffix windows around a cursor.
 ///
-/// The prefix is the cursor line up to the cursor plus whole lines before it,
-/// up to `prefix_max_lines` lines and `prefix_max_chars` characters; the cursor
-/// line does not count against the limits, so typing on a line never moves the
-/// window's start (which keeps the leading text, and the KV cache, stable). The
-/// suffix is the rest of the cursor line plus whole lines after it within its
-/// own limits.
+/// The prefix is the cursor line up to the cursor plus whole lines before it, up to
+/// `prefix_max_lines` lines and `prefix_max_chars` characters; the cursor line does
+/// not count against the limits. The suffix is the rest of the cursor line plus whole
+/// lines after it within its own limits.
+///
+/// Both are laid out so that the prompt's text stays put while the user types, which
+/// keeps the backend's KV cache valid:
+/// - The prefix starts on a line that is a multiple of `window_step_lines` (the grid),
+///   so it moves in steps of that many lines rather than one line per Enter; it holds
+///   between `prefix_max_lines - window_step_lines` and `prefix_max_lines` lines. Only
+///   where the grid cannot meet the character limit does it start at the first line
+///   that fits.
+/// - The suffix is counted from the cursor, so an Enter, which moves the cursor down
+///   together with the text after it, leaves it unchanged.
 pub(crate) fn windows(
     text: &str,
     lines: &LineIndex,
@@ -93,23 +101,26 @@ pub(crate) fn windows(
     let cursor_line = lines.line_of(cursor);
     let line_start = lines.line_start(cursor_line);
 
-    let mut prefix_start = line_start;
-    let head = chars(line_start..cursor);
-    if head > config.prefix_max_chars {
-        prefix_start = nth_char_back(text, cursor, config.prefix_max_chars);
+    let prefix_start = if chars(line_start..cursor) > config.prefix_max_chars {
+        nth_char_back(text, cursor, config.prefix_max_chars)
     } else {
-        let mut used = 0;
-        let mut line = cursor_line;
-        while line > 0 && cursor_line - line < config.prefix_max_lines {
-            let size = chars(lines.line_start(line - 1)..lines.line_start(line));
-            if used + size > config.prefix_max_chars {
-                break;
-            }
-            used += size;
-            line -= 1;
+        let fits =
+            |line: usize| chars(lines.line_start(line)..line_start) <= config.prefix_max_chars;
+        let step = config.window_step_lines.max(1);
+        let earliest = cursor_line.saturating_sub(config.prefix_max_lines);
+        let mut line = earliest.div_ceil(step) * step;
+        while line < cursor_line && !fits(line) {
+            line += step;
         }
-        prefix_start = prefix_start.min(lines.line_start(line));
-    }
+        if line >= cursor_line && earliest < cursor_line {
+            // No grid line fits: the first line that does, as near the limit as may be.
+            line = earliest;
+            while line < cursor_line && !fits(line) {
+                line += 1;
+            }
+        }
+        lines.line_start(line.min(cursor_line))
+    };
 
     let line_end = lines.line_end(cursor_line);
     let tail = chars(cursor..line_end);
@@ -242,6 +253,61 @@ mod tests {
         let (prefix, suffix) = windows(text, &lines, cursor, &config);
         assert_eq!(&text[prefix], "l2\nl3\nl4 cur");
         assert_eq!(&text[suffix], "|sor\n");
+    }
+
+    #[test]
+    fn the_prefix_window_moves_in_grid_steps_as_lines_are_typed() {
+        let config = EngineConfig {
+            prefix_max_lines: 20,
+            window_step_lines: 8,
+            ..EngineConfig::default()
+        };
+        let mut starts = Vec::new();
+        for cursor_line in 20..40 {
+            let text: String = (0..60).map(|i| format!("line {i}\n")).collect();
+            let lines = LineIndex::new(&text);
+            let cursor = lines.line_start(cursor_line) + 2;
+            let (prefix, suffix) = windows(&text, &lines, cursor, &config);
+            let first = lines.line_of(prefix.start);
+            assert_eq!(prefix.start, lines.line_start(first), "whole lines");
+            assert!(
+                cursor_line - first <= 20 && cursor_line - first > 12,
+                "{cursor_line}: {first}"
+            );
+            assert_eq!(first % 8, 0);
+            assert_eq!(suffix.start, cursor);
+            starts.push(first);
+        }
+        starts.dedup();
+        assert_eq!(starts, [0, 8, 16, 24]);
+    }
+
+    #[test]
+    fn an_enter_leaves_the_suffix_window_unchanged() {
+        let config = EngineConfig::default();
+        let before = "def f():\n    x = 1|\n    return x\n\nprint(f())\n";
+        let after = "def f():\n    x = 1\n    |\n    return x\n\nprint(f())\n";
+        let window = |text: &str| {
+            let cursor = text.find('|').unwrap();
+            let (_, suffix) = windows(text, &LineIndex::new(text), cursor, &config);
+            text[suffix].to_owned()
+        };
+        assert_eq!(window(before), window(after));
+    }
+
+    #[test]
+    fn lines_too_long_for_the_grid_still_fill_the_budget() {
+        let config = EngineConfig {
+            prefix_max_lines: 20,
+            prefix_max_chars: 35,
+            window_step_lines: 16,
+            ..EngineConfig::default()
+        };
+        let text: String = (0..30).map(|i| format!("line {i:02} long\n")).collect();
+        let lines = LineIndex::new(&text);
+        let cursor = lines.line_start(25);
+        let (prefix, _) = windows(&text, &lines, cursor, &config);
+        assert_eq!(&text[prefix], "line 23 long\nline 24 long\n");
     }
 
     #[test]

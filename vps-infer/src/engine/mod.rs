@@ -6,6 +6,7 @@
 //! one token.
 
 pub mod prompt;
+pub mod reuse;
 pub mod text;
 mod worker;
 
@@ -72,7 +73,11 @@ pub struct Outcome {
     pub text: String,
     pub model: String,
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from the KV cache instead of being evaluated.
     pub cached_tokens: usize,
+    /// Of `cached_tokens`, those found past the first difference and moved to their
+    /// new positions.
+    pub shifted_tokens: usize,
     /// Tokens generated.
     pub total_tokens: usize,
     /// Seconds from the engine taking the job to its end, model load excluded.

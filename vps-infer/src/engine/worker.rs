@@ -5,7 +5,10 @@
 //! job asks for another, and dropped after an idle period or on `/v1/cleanup`.
 //!
 //! KV-cache reuse: the context remembers the tokens it holds for sequence 0; a new
-//! prompt evaluates only what follows the longest common prefix with them.
+//! prompt keeps the longest common prefix with them in place and, past the first
+//! difference, long runs of them at shifted positions (`reuse.rs`), and evaluates only
+//! the rest. Sequence 1 is a parking place for those runs while the gaps before them
+//! are evaluated: llama.cpp only appends to a sequence at its end.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -22,6 +25,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::prompt::{self, FimTokens};
+use super::reuse::{self, Plan, Run};
 use super::text::{StopMatcher, Utf8Stream};
 use super::{since, Command, Event, Job, Outcome, Shared, StopReason, UnloadReport};
 use crate::config::ModelConfig;
@@ -197,8 +201,17 @@ struct Session<'m> {
     cached: Vec<LlamaToken>,
     fim: Option<FimTokens>,
     batch_size: usize,
+    /// Shortest run of cached tokens worth shifting past the first difference; 0
+    /// keeps only the common prefix.
+    cache_reuse: usize,
     kv_bytes: u64,
 }
+
+/// The sequence that holds the prompt and the generated tokens.
+const MAIN: i32 = 0;
+/// Where runs of cached tokens wait, already at their new positions, while the gap
+/// before each is evaluated into `MAIN`.
+const PARKED: i32 = 1;
 
 impl<'m> Session<'m> {
     fn new(
@@ -210,6 +223,10 @@ impl<'m> Session<'m> {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(config.batch_size)
+            // Two sequences over one shared cache, so that moving cells between them
+            // (`seq_cp`) is bookkeeping, not a copy; see `arrange_cache`.
+            .with_n_seq_max(2)
+            .with_kv_unified(true)
             .with_n_ubatch(config.batch_size)
             .with_n_threads(config.threads as i32)
             .with_n_threads_batch(config.threads as i32);
@@ -229,6 +246,7 @@ impl<'m> Session<'m> {
             ctx,
             cached: Vec::new(),
             batch_size: config.batch_size as usize,
+            cache_reuse: config.cache_reuse as usize,
             kv_bytes: kv_per_token * u64::from(n_ctx),
         })
     }
@@ -277,53 +295,59 @@ impl<'m> Session<'m> {
             )));
         }
 
-        // Reuse the cache up to the first differing token; at least one token must be
-        // evaluated to get logits for the next one.
-        let mut reuse = prompt::common_prefix(&self.cached, &tokens);
-        if reuse == tokens.len() {
-            reuse -= 1;
-        }
-        self.truncate_cache(reuse);
-        let reuse = reuse.min(self.cached.len());
+        // Reuse what the cache holds: the common prefix in place, later runs shifted
+        // to their new positions (see `reuse`).
+        let plan = self.arrange_cache(&tokens);
+        let reused = plan.reused();
+        let shifted = plan.shifted();
         let _ = job.events.blocking_send(Event::Started {
             prompt_tokens: tokens.len(),
-            cached_tokens: reuse,
+            cached_tokens: reused,
         });
 
         let eval_started = Instant::now();
         let mut batch = LlamaBatch::new(self.batch_size.max(1), 1);
-        for chunk in tokens[reuse..].chunks(self.batch_size.max(1)) {
-            if job.cancelled(shared) {
-                return Ok(self.outcome(
-                    request,
-                    &tokens,
-                    reuse,
-                    "",
-                    0,
-                    started,
-                    started,
-                    StopReason::Cancelled,
-                ));
+        let gaps = plan.gaps(tokens.len());
+        for (i, gap) in gaps.iter().enumerate() {
+            for chunk in tokens[gap.clone()].chunks(self.batch_size.max(1)) {
+                if job.cancelled(shared) {
+                    self.drop_parked();
+                    return Ok(self.outcome(
+                        request,
+                        &tokens,
+                        reused,
+                        "",
+                        0,
+                        started,
+                        started,
+                        StopReason::Cancelled,
+                    ));
+                }
+                batch.clear();
+                let first = self.cached.len();
+                for (j, &token) in chunk.iter().enumerate() {
+                    let pos = first + j;
+                    let is_last = pos + 1 == tokens.len();
+                    batch
+                        .add(token, pos as i32, &[0], is_last)
+                        .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
+                }
+                self.decode(&mut batch)?;
+                self.cached.extend_from_slice(chunk);
             }
-            batch.clear();
-            let first = self.cached.len();
-            for (i, &token) in chunk.iter().enumerate() {
-                let pos = first + i;
-                let is_last = pos + 1 == tokens.len();
-                batch
-                    .add(token, pos as i32, &[0], is_last)
-                    .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
+            if let Some(run) = plan.runs.get(i) {
+                self.unpark(run, &tokens)?;
             }
-            self.decode(&mut batch)?;
-            self.cached.extend_from_slice(chunk);
         }
-        let evaluated = tokens.len() - reuse;
+        let evaluated = tokens.len() - reused;
         Stats::add(&shared.stats.prompt_tokens_evaluated, evaluated as u64);
-        Stats::add(&shared.stats.prompt_tokens_reused, reuse as u64);
+        Stats::add(&shared.stats.prompt_tokens_reused, reused as u64);
+        Stats::add(&shared.stats.prompt_tokens_shifted, shifted as u64);
         let prompt_eval_time = eval_started.elapsed();
         tracing::debug!(
             prompt_tokens = tokens.len(),
-            reused = reuse,
+            reused,
+            shifted,
             seconds = prompt_eval_time.as_secs_f64(),
             "prompt evaluated"
         );
@@ -396,7 +420,7 @@ impl<'m> Session<'m> {
         let mut outcome = self.outcome(
             request,
             &tokens,
-            reuse,
+            reused,
             stops.text(),
             generated,
             started,
@@ -404,6 +428,7 @@ impl<'m> Session<'m> {
             stop_reason,
         );
         outcome.prompt_eval_time = prompt_eval_time.as_secs_f64();
+        outcome.shifted_tokens = shifted;
         outcome.tokens_per_second = if gen_time.is_zero() || generated == 0 {
             0.0
         } else {
@@ -429,6 +454,7 @@ impl<'m> Session<'m> {
             model: request.model.clone(),
             prompt_tokens: tokens.len(),
             cached_tokens: reuse,
+            shifted_tokens: 0,
             total_tokens: generated,
             inference_time: since(started),
             tokens_per_second: 0.0,
@@ -455,6 +481,123 @@ impl<'m> Session<'m> {
             .apply_chat_template(&template, &messages, true)
             .ok()?;
         prompt::ChatFrame::from_rendered(&rendered, with_system)
+    }
+
+    /// Lays the cache out for `tokens`: afterwards `MAIN` holds the common prefix (and
+    /// `self.cached` mirrors it) and `PARKED` holds the plan's runs at their new
+    /// positions, each to be moved into `MAIN` once the gap before it is evaluated.
+    /// Anything llama.cpp refuses falls back to an empty cache and a full evaluation.
+    fn arrange_cache(&mut self, tokens: &[LlamaToken]) -> Plan {
+        // A request that failed half-way may have left runs parked.
+        self.drop_parked();
+        let plan = reuse::plan(&self.cached, tokens, self.cache_reuse);
+        if plan.runs.is_empty() {
+            self.truncate_cache(plan.prefix);
+            return Plan {
+                prefix: plan.prefix.min(self.cached.len()),
+                runs: Vec::new(),
+            };
+        }
+        match self.park(&plan) {
+            Ok(()) => {
+                self.cached.truncate(plan.prefix);
+                plan
+            }
+            Err(e) => {
+                tracing::warn!("cannot rearrange the KV cache ({e}); evaluating the whole prompt");
+                self.ctx.clear_kv_cache();
+                self.cached.clear();
+                Plan {
+                    prefix: 0,
+                    runs: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn park(&mut self, plan: &Plan) -> Result<(), String> {
+        let pos = |p: usize| u32::try_from(p).map_err(|_| format!("position {p} is too large"));
+        let err = |e: llama_cpp_2::context::kv_cache::KvCacheConversionError| e.to_string();
+        let removed = |ok: Result<bool, _>| match ok {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("llama.cpp refused a partial removal".to_string()),
+            Err(e) => Err(err(e)),
+        };
+        let prefix = pos(plan.prefix)?;
+        // Everything after the prefix moves to PARKED...
+        self.ctx
+            .kv_cache_seq_cp(MAIN, PARKED, Some(prefix), None)
+            .map_err(err)?;
+        removed(
+            self.ctx
+                .clear_kv_cache_seq(Some(MAIN as u32), Some(prefix), None),
+        )?;
+        // ...where what no run keeps is dropped,
+        let mut at = plan.prefix;
+        for run in &plan.runs {
+            if run.from > at {
+                removed(self.ctx.clear_kv_cache_seq(
+                    Some(PARKED as u32),
+                    Some(pos(at)?),
+                    Some(pos(run.from)?),
+                ))?;
+            }
+            at = run.from + run.len;
+        }
+        removed(
+            self.ctx
+                .clear_kv_cache_seq(Some(PARKED as u32), Some(pos(at)?), None),
+        )?;
+        // and the runs move to their new positions. Runs moving left go first, from
+        // the left, then runs moving right, from the right: each position range
+        // shifted then holds that run's cells alone.
+        let left = plan.runs.iter().filter(|r| r.delta() < 0);
+        let right = plan.runs.iter().rev().filter(|r| r.delta() > 0);
+        for run in left.chain(right) {
+            let delta = i32::try_from(run.delta()).map_err(|_| "shift too large".to_string())?;
+            self.ctx
+                .kv_cache_seq_add(
+                    PARKED,
+                    Some(pos(run.from)?),
+                    Some(pos(run.from + run.len)?),
+                    delta,
+                )
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a parked run into `MAIN`, right after what `MAIN` holds now.
+    fn unpark(&mut self, run: &Run, tokens: &[LlamaToken]) -> Result<(), ApiError> {
+        debug_assert_eq!(self.cached.len(), run.to);
+        let (p0, p1) = (Some(run.to as u32), Some((run.to + run.len) as u32));
+        let moved = self.ctx.kv_cache_seq_cp(PARKED, MAIN, p0, p1).is_ok()
+            && matches!(
+                self.ctx.clear_kv_cache_seq(Some(PARKED as u32), p0, p1),
+                Ok(true)
+            );
+        if !moved {
+            self.ctx.clear_kv_cache();
+            self.cached.clear();
+            return Err(ApiError::Server(
+                "llama.cpp refused to move cached tokens".into(),
+            ));
+        }
+        self.cached
+            .extend_from_slice(&tokens[run.to..run.to + run.len]);
+        Ok(())
+    }
+
+    /// Forgets runs still parked (a request ended before they were needed), so that
+    /// the cache holds exactly `self.cached`.
+    fn drop_parked(&mut self) {
+        if !matches!(
+            self.ctx.clear_kv_cache_seq(Some(PARKED as u32), None, None),
+            Ok(true)
+        ) {
+            self.ctx.clear_kv_cache();
+            self.cached.clear();
+        }
     }
 
     fn decode(&mut self, batch: &mut LlamaBatch) -> Result<(), ApiError> {

@@ -1,0 +1,237 @@
+//! KV-cache reuse past the first difference: which cached tokens a new prompt can keep,
+//! and where they move.
+//!
+//! A keystroke, an Enter or a context window that slid by a line changes the prompt in
+//! one or two places; everything after the first change is still in the cache, only at
+//! other positions. Like llama.cpp's server (`--cache-reuse`), we keep long runs of
+//! cached tokens that reappear later in the new prompt and shift their positions
+//! (`llama_memory_seq_add`) instead of evaluating them again. Unlike it, runs may move
+//! right as well as left, so text *inserted* before the suffix (typing) keeps the
+//! suffix too, not only text removed (a window that slid).
+//!
+//! The keys and values of a shifted run were computed with the old text before it, so
+//! the result is an approximation of a cold evaluation; runs shorter than a minimum are
+//! not worth that and are evaluated again.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// `len` cached tokens at cache positions `from..` that the new prompt holds at
+/// positions `to..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub from: usize,
+    pub to: usize,
+    pub len: usize,
+}
+
+impl Run {
+    pub fn delta(&self) -> i64 {
+        self.to as i64 - self.from as i64
+    }
+}
+
+/// How a new prompt reuses the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Prompt tokens `0..prefix` are the cache's own first tokens and stay in place.
+    pub prefix: usize,
+    /// Later runs, increasing in both `from` and `to`, none overlapping the prefix or
+    /// each other, none covering the prompt's last token (its logits are needed, so it
+    /// is always evaluated).
+    pub runs: Vec<Run>,
+}
+
+impl Plan {
+    /// Prompt tokens that need no evaluation.
+    pub fn reused(&self) -> usize {
+        self.prefix + self.runs.iter().map(|r| r.len).sum::<usize>()
+    }
+
+    /// Reused tokens whose position changed.
+    pub fn shifted(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| r.from != r.to)
+            .map(|r| r.len)
+            .sum()
+    }
+
+    /// The prompt's ranges that must be evaluated, in order: the gaps before each run,
+    /// then the tail after the last one (never empty).
+    pub fn gaps(&self, prompt_len: usize) -> Vec<std::ops::Range<usize>> {
+        let mut gaps = Vec::with_capacity(self.runs.len() + 1);
+        let mut at = self.prefix;
+        for run in &self.runs {
+            gaps.push(at..run.to);
+            at = run.to + run.len;
+        }
+        gaps.push(at..prompt_len);
+        gaps
+    }
+}
+
+/// At most this many earlier occurrences of a k-gram are tried at each position, so
+/// repetitive text (indentation, blank lines) cannot make planning quadratic.
+const MAX_CANDIDATES: usize = 32;
+
+/// Plans the reuse of `cached` for `prompt`: the common prefix, then, when `min_run` is
+/// not 0, each later run of at least `min_run` tokens that appears in the cache after
+/// the previous one (greedy, longest first).
+pub fn plan<T: Copy + Eq + Hash>(cached: &[T], prompt: &[T], min_run: usize) -> Plan {
+    let mut prefix = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    // At least one token must be evaluated to get logits for the next one.
+    if prefix == prompt.len() {
+        prefix = prompt.len().saturating_sub(1);
+    }
+    let mut plan = Plan {
+        prefix,
+        runs: Vec::new(),
+    };
+    // The last prompt token is never part of a run.
+    let end = prompt.len().saturating_sub(1);
+    if min_run == 0 || prefix >= end || prefix >= cached.len() {
+        return plan;
+    }
+    let k = min_run.min(8);
+    let mut index: HashMap<&[T], Vec<usize>> = HashMap::new();
+    for c in prefix..cached.len().saturating_sub(k - 1) {
+        index.entry(&cached[c..c + k]).or_default().push(c);
+    }
+
+    let mut next_free = prefix;
+    let mut p = prefix;
+    while p + min_run <= end {
+        let mut best: Option<Run> = None;
+        if let Some(starts) = index.get(&prompt[p..p + k]) {
+            let first = starts.partition_point(|&c| c < next_free);
+            for &c in starts[first..].iter().take(MAX_CANDIDATES) {
+                let len = cached[c..]
+                    .iter()
+                    .zip(&prompt[p..end])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if best.is_none_or(|b| len > b.len) {
+                    best = Some(Run {
+                        from: c,
+                        to: p,
+                        len,
+                    });
+                }
+            }
+        }
+        match best {
+            Some(run) if run.len >= min_run => {
+                plan.runs.push(run);
+                p += run.len;
+                next_free = run.from + run.len;
+            }
+            _ => p += 1,
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chars(s: &str) -> Vec<char> {
+        s.chars().collect()
+    }
+
+    /// Applies a plan as the engine does and checks that every reused token is the
+    /// prompt's token at its new position.
+    fn check_consistent(cached: &[char], prompt: &[char], plan: &Plan) {
+        assert_eq!(cached[..plan.prefix], prompt[..plan.prefix]);
+        let mut last_from = plan.prefix;
+        let mut last_to = plan.prefix;
+        for run in &plan.runs {
+            assert!(run.from >= last_from && run.to >= last_to, "{plan:?}");
+            assert_eq!(
+                cached[run.from..run.from + run.len],
+                prompt[run.to..run.to + run.len]
+            );
+            last_from = run.from + run.len;
+            last_to = run.to + run.len;
+        }
+        assert!(last_to < prompt.len(), "the last token is always evaluated");
+        let gaps: usize = plan.gaps(prompt.len()).iter().map(|g| g.len()).sum();
+        assert_eq!(gaps + plan.reused(), prompt.len());
+    }
+
+    #[test]
+    fn typing_before_the_suffix_keeps_the_suffix_shifted_right() {
+        let cached = chars("PRE def f(x):\n    return x SUF\n\ndef g():\n    pass\nMID");
+        let prompt = chars("PRE def f(x):\n    return x + SUF\n\ndef g():\n    pass\nMID");
+        let plan = plan(&cached, &prompt, 8);
+        check_consistent(&cached, &prompt, &plan);
+        assert_eq!(plan.prefix, 27);
+        assert_eq!(plan.runs.len(), 1);
+        assert_eq!(plan.runs[0].delta(), 2);
+        // Evaluated: the two typed characters and the final marker's last token.
+        assert_eq!(prompt.len() - plan.reused(), 3);
+    }
+
+    #[test]
+    fn a_window_that_slid_by_a_line_keeps_the_rest_shifted_left() {
+        let cached = chars("<ctx>line one\nline two\nline three\nline four\n|suffix text here|");
+        let prompt = chars("<ctx>line two\nline three\nline four\nline five\n|suffix text here|");
+        let plan = plan(&cached, &prompt, 8);
+        check_consistent(&cached, &prompt, &plan);
+        assert!(plan.runs.iter().any(|r| r.delta() < 0), "{plan:?}");
+        assert!(plan.runs.iter().any(|r| r.delta() > 0), "{plan:?}");
+        // "line five\n" and the final token are new.
+        assert_eq!(prompt.len() - plan.reused(), "line five\n".len() + 1);
+    }
+
+    #[test]
+    fn an_identical_prompt_evaluates_only_its_last_token() {
+        let cached = chars("the same prompt twice");
+        let plan = plan(&cached, &cached, 8);
+        assert_eq!(plan.prefix, cached.len() - 1);
+        assert!(plan.runs.is_empty());
+    }
+
+    #[test]
+    fn min_run_zero_is_the_plain_common_prefix() {
+        let cached = chars("abcdefgh 0123456789abcdef");
+        let prompt = chars("abcdefgh X0123456789abcdef");
+        let plan = plan(&cached, &prompt, 0);
+        assert_eq!(plan.prefix, 9);
+        assert!(plan.runs.is_empty());
+    }
+
+    #[test]
+    fn short_runs_are_evaluated_again() {
+        let cached = chars("head:abc|tail");
+        let prompt = chars("head:XYZabc|tail!");
+        let plan = plan(&cached, &prompt, 16);
+        assert!(plan.runs.is_empty());
+        assert_eq!(plan.reused(), 5);
+    }
+
+    #[test]
+    fn runs_never_reuse_a_cached_token_twice() {
+        // The same block appears twice in the prompt but once in the cache.
+        let block = "0123456789abcdefghij";
+        let cached = chars(&format!("S{block}E"));
+        let prompt = chars(&format!("T{block}{block}E"));
+        let plan = plan(&cached, &prompt, 8);
+        check_consistent(&cached, &prompt, &plan);
+        assert_eq!(plan.runs.len(), 1);
+    }
+
+    #[test]
+    fn repetitive_text_plans_quickly_and_consistently() {
+        let cached: Vec<char> = " ".repeat(5000).chars().chain("x".chars()).collect();
+        let prompt: Vec<char> = "y".chars().chain(" ".repeat(5000).chars()).collect();
+        let plan = plan(&cached, &prompt, 32);
+        check_consistent(&cached, &prompt, &plan);
+        assert_eq!(plan.reused(), 4999);
+    }
+}
