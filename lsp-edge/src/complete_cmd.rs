@@ -85,6 +85,7 @@ pub async fn run(args: CompleteArgs) -> anyhow::Result<()> {
         temperature: args.temperature,
         stream: true,
         suffix: None,
+        path: args.file.as_ref().map(|path| path.display().to_string()),
         instruction: args.instruction,
         model: args.model,
         stop: Vec::new(),

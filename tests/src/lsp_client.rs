@@ -384,6 +384,8 @@ pub fn inline_text(result: &Value) -> Option<String> {
 /// A running `lsp-edge serve` on a free loopback port; killed on drop.
 pub struct LspEdge {
     pub service: Service,
+    /// Its HTTP endpoint for scripts.
+    pub http: SocketAddr,
     _dir: TempDir,
 }
 
@@ -395,6 +397,7 @@ impl LspEdge {
         let config_path = dir.path().join("lsp-edge.toml");
         std::fs::write(&config_path, config).expect("write lsp-edge config");
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(binary("lsp-edge"));
         cmd.arg("serve")
             .arg("--config")
@@ -406,7 +409,7 @@ impl LspEdge {
             // Its HTTP endpoint for scripts on a port of its own, so that several
             // servers can run side by side.
             .arg("--http")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(http.to_string())
             .env("CEREBRUM_API_KEY", api_key)
             .env_remove("CEREBRUM_LSP_TOKEN")
             .env("RUST_LOG", "info,lsp_edge=debug");
@@ -415,6 +418,7 @@ impl LspEdge {
         }
         LspEdge {
             service: Service::spawn("lsp-edge", cmd, addr),
+            http,
             _dir: dir,
         }
     }

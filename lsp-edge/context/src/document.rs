@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tree_sitter::{InputEdit, Parser, Point, Tree};
 
@@ -41,6 +42,11 @@ pub struct Document {
     pub(crate) language: Language,
     pub(crate) text: String,
     pub(crate) tree: Option<Tree>,
+    /// Fingerprints of the context chunks the last completion chose, shared by the
+    /// document's snapshots: the next one prefers them, so that the chunks at the
+    /// head of the prompt (and the KV cache behind them) stay put while the user
+    /// types.
+    picks: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Document {
@@ -50,7 +56,19 @@ impl Document {
             language,
             text,
             tree,
+            picks: Arc::default(),
         }
+    }
+
+    pub(crate) fn last_picks(&self) -> Vec<u64> {
+        self.picks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_picks(&self, picks: Vec<u64>) {
+        *self.picks.lock().unwrap_or_else(PoisonError::into_inner) = picks;
     }
 
     pub fn text(&self) -> &str {

@@ -23,6 +23,12 @@ const RECENT_DOCUMENTS: usize = 16;
 /// more than any plausible text match, so such definitions come first.
 const DEFINES_NAME_BOOST: f32 = 100.0;
 
+/// Added to the score of a chunk that the document's last completion chose and that
+/// still matches the cursor: more than a text match, less than a definition of a
+/// name in use. Without it, each Enter moves the ranking query by a line and the
+/// chunks at the head of the prompt change, which costs the backend their tokens.
+const STICKY_BOOST: f32 = 50.0;
+
 /// The context engine. Build it once at start (it compiles the queries) and share
 /// it through an `Arc`: it is `Send + Sync` and every method takes `&self`.
 #[derive(Debug)]
@@ -394,6 +400,10 @@ impl Request<'_> {
         // does not match it rather than guess.
         let positive_only = window.is_some();
         let near: HashSet<&str> = region.iter().flat_map(|part| identifiers(part)).collect();
+        let sticky: HashSet<u64> = match window {
+            Some(_) => self.doc.last_picks().into_iter().collect(),
+            None => HashSet::new(),
+        };
         for (score, chunk) in scores.iter_mut().zip(&candidates) {
             if chunk
                 .name
@@ -401,6 +411,9 @@ impl Request<'_> {
                 .is_some_and(|name| near.contains(name))
             {
                 *score += DEFINES_NAME_BOOST;
+            }
+            if *score > 0.0 && sticky.contains(&fingerprint(chunk.text(self.text))) {
+                *score += STICKY_BOOST;
             }
         }
         let mut order: Vec<usize> = (0..candidates.len()).collect();
@@ -478,6 +491,12 @@ impl Request<'_> {
             terms(part, &mut query);
         }
         let selected = self.select(candidates, &query, Some(&window));
+        self.doc.set_picks(
+            selected
+                .iter()
+                .map(|chunk| fingerprint(chunk.text(text)))
+                .collect(),
+        );
         let extra = self.extra(&selected);
         let after = text[prefix.clone()].chars().count()
             + text[suffix.clone()].chars().count()

@@ -84,6 +84,8 @@ pub struct CompleteBody {
     #[serde(default)]
     pub stream: bool,
     pub suffix: Option<String>,
+    /// The file's path, for chunk labels and stable context across requests.
+    pub path: Option<String>,
     pub instruction: Option<String>,
     pub model: Option<String>,
     #[serde(default)]
@@ -122,6 +124,7 @@ impl CompleteBody {
             prompt: self.prompt,
             suffix: self.suffix,
             language,
+            path: self.path.filter(|path| !path.is_empty()),
             instruction: self.instruction,
             model: self.model.filter(|model| !model.is_empty()),
             max_tokens,

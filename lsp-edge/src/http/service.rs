@@ -34,6 +34,9 @@ pub struct CompletionRequest {
     /// has FIM tokens.
     pub suffix: Option<String>,
     pub language: Language,
+    /// The file's path: chunk labels name it, and repeated requests for the same
+    /// path re-parse incrementally and keep their context chunks stable.
+    pub path: Option<String>,
     pub instruction: Option<String>,
     /// `None`: the configured model for the task and language, else vps-infer's default.
     pub model: Option<String>,
@@ -195,6 +198,7 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
         }
         let options = ContextOptions {
             instruction: request.instruction.clone(),
+            path: request.path.clone(),
             ..ContextOptions::default()
         };
         let context = edge
@@ -571,6 +575,7 @@ mod tests {
             prompt: prompt.into(),
             suffix: None,
             language: Language::Python,
+            path: None,
             instruction: None,
             model: None,
             max_tokens: 32,
@@ -614,7 +619,7 @@ mod tests {
 
     #[test]
     fn an_unknown_language_is_chunked_by_characters() {
-        let text: String = (0..80)
+        let text: String = (0..200)
             .map(|i| format!("PERFORM STEP-{i} VARYING IDX FROM 1 BY 1.\n"))
             .collect();
         let mut req = request(&text);

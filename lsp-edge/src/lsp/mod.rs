@@ -5,6 +5,7 @@ mod documents;
 mod inflight;
 pub mod position;
 mod session;
+mod typed_ahead;
 
 use std::future::Future;
 use std::net::SocketAddr;

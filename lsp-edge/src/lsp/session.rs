@@ -29,6 +29,7 @@ use tracing::Instrument;
 use super::documents::{DocumentError, DocumentStore};
 use super::inflight::InFlight;
 use super::position::{self, Encoding};
+use super::typed_ahead::TypedAhead;
 use crate::backend::{BackendClient, BackendError, ExtraChunk};
 use crate::breaker::BreakerState;
 use crate::completion::{self, GenerationInput, Observer, Prompt};
@@ -203,6 +204,7 @@ pub struct Session {
     settings: OnceLock<SessionSettings>,
     documents: DocumentStore,
     inflight: InFlight,
+    typed_ahead: TypedAhead,
     /// Cancelled when the session ends, or must end (a refused token).
     closed: CancellationToken,
     next_request: AtomicU64,
@@ -232,6 +234,7 @@ impl Session {
             settings: OnceLock::new(),
             documents: DocumentStore::default(),
             inflight: InFlight::default(),
+            typed_ahead: TypedAhead::default(),
             closed,
             next_request: AtomicU64::new(1),
         }
@@ -353,6 +356,15 @@ impl Session {
             let cursor = cursor_at(&snapshot.rope, cursor_char, encoding);
             let cursor_byte = snapshot.rope.char_to_byte(cursor_char);
             let (ticket, inherited) = self.inflight.begin(uri);
+            let rope = snapshot.rope.clone();
+            if let Some(rest) = self.typed_ahead.remainder(uri, &rope, cursor_char) {
+                // The user typed what the ghost text showed: the rest of it is the
+                // answer, and the superseded request's slot (if any) is freed.
+                drop((ticket, inherited));
+                tracing::info!(chars = rest.len(), "answered from the completion shown");
+                self.typed_ahead.remember(uri, &rope, cursor_char, &rest);
+                return Ok((rest, cursor));
+            }
             let permit = match inherited {
                 Some(permit) => permit,
                 None => self.edge.limiter.try_acquire()?,
@@ -368,6 +380,7 @@ impl Session {
                 }
                 text = work => text?,
             };
+            self.typed_ahead.remember(uri, &rope, cursor_char, &text);
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 chars = text.len(),
@@ -734,6 +747,7 @@ impl LanguageServer for Session {
     }
 
     async fn did_close(&self, params: DidCloseTextDocumentParams) {
+        self.typed_ahead.forget(&params.text_document.uri);
         self.documents.close(&params.text_document.uri);
     }
 
