@@ -21,6 +21,11 @@ pub struct BenchArgs {
     /// Repetitions; the medians are printed.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Keystrokes to replay for the reuse-fidelity check: each greedy completion
+    /// made with the cache reused (runs shifted) is compared with a cold evaluation
+    /// of the same prompt on a second engine. 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub fidelity: usize,
 }
 
 /// Real code to complete: this repository's model fetch script, repeated if need be.
@@ -102,7 +107,88 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
             median(rows.iter().map(|o| o.tokens_per_second)),
         );
     }
+    if args.fidelity > 0 {
+        fidelity(
+            &config,
+            &engine,
+            &model,
+            fim,
+            args.fidelity,
+            args.max_tokens,
+        )
+        .await?;
+    }
     tokio::task::spawn_blocking(move || engine.stop()).await?;
+    Ok(())
+}
+
+/// Replays typing (a block of lines typed back one character at a time, Enter
+/// included) on `warm`, which reuses its cache as in production, and compares each
+/// greedy completion with a cold evaluation of the same prompt on an engine that
+/// reuses nothing.
+async fn fidelity(
+    config: &Config,
+    warm: &Engine,
+    model: &str,
+    fim: bool,
+    keystrokes: usize,
+    max_tokens: u32,
+) -> anyhow::Result<()> {
+    let mut cold_config = config.clone();
+    for m in cold_config.models.values_mut() {
+        m.cache_reuse = 0;
+    }
+    let cold = Engine::start(
+        &cold_config,
+        Arc::new(Stats::default()),
+        ResourceGuard::start(cold_config.guard),
+    )?;
+    // A file of about 1,200 tokens with a block of lines in its middle to type back.
+    let text: String = SOURCE.chars().take(4_200).collect();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let first = lines.len() / 2;
+    let before: String = lines[..first].concat();
+    let typed: String = lines[first..].concat();
+    let after_start = typed.len().min(
+        typed
+            .char_indices()
+            .nth(keystrokes)
+            .map_or(typed.len(), |(i, _)| i),
+    );
+    let after = &typed[after_start..];
+
+    let (mut same, mut evaluated, mut shifted) = (0, 0, 0);
+    let mut differing = Vec::new();
+    for (n, (end, _)) in typed[..after_start]
+        .char_indices()
+        .skip(1)
+        .chain([(after_start, ' ')])
+        .enumerate()
+    {
+        let prefix = format!("{before}{}", &typed[..end]);
+        let (w, _) = complete(warm, model, &prefix, after, fim, max_tokens).await?;
+        // Evaluating an unrelated one-token prompt first leaves nothing to reuse.
+        engine::collect(cold.generate(request(model, "\u{1}", None, 1))?).await?;
+        let (c, _) = complete(&cold, model, &prefix, after, fim, max_tokens).await?;
+        evaluated += w.prompt_tokens - w.cached_tokens;
+        shifted += w.shifted_tokens;
+        if w.text == c.text {
+            same += 1;
+        } else {
+            differing.push((n, w.text, c.text));
+        }
+    }
+    let total = same + differing.len();
+    println!(
+        "\nreuse fidelity: {same} of {total} greedy completions identical to a cold evaluation \
+         ({:.1} prompt tokens evaluated and {:.1} shifted per keystroke)",
+        evaluated as f64 / total as f64,
+        shifted as f64 / total as f64,
+    );
+    for (n, w, c) in differing.iter().take(5) {
+        println!("  keystroke {n}: reused {w:?}, cold {c:?}");
+    }
+    tokio::task::spawn_blocking(move || cold.stop()).await?;
     Ok(())
 }
 
