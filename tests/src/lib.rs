@@ -6,6 +6,7 @@
 //! and the model files come from `scripts/fetch-model` (cached outside the repo).
 
 pub mod lsp_client;
+pub mod typing;
 
 use std::collections::HashMap;
 use std::io::Read;
