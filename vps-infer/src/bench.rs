@@ -123,72 +123,63 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Replays typing (a block of lines typed back one character at a time, Enter
-/// included) on `warm`, which reuses its cache as in production, and compares each
-/// greedy completion with a cold evaluation of the same prompt on an engine that
-/// reuses nothing.
+/// included) with the cache reused as in production, then evaluates each of those
+/// prompts cold (after an unrelated one-token prompt, so that nothing can be reused)
+/// and compares the greedy completions.
 async fn fidelity(
-    config: &Config,
-    warm: &Engine,
+    engine: &Engine,
     model: &str,
     fim: bool,
     keystrokes: usize,
     max_tokens: u32,
 ) -> anyhow::Result<()> {
-    let mut cold_config = config.clone();
-    for m in cold_config.models.values_mut() {
-        m.cache_reuse = 0;
-    }
-    let cold = Engine::start(
-        &cold_config,
-        Arc::new(Stats::default()),
-        ResourceGuard::start(cold_config.guard),
-    )?;
     // A file of about 1,200 tokens with a block of lines in its middle to type back.
     let text: String = SOURCE.chars().take(4_200).collect();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let first = lines.len() / 2;
     let before: String = lines[..first].concat();
     let typed: String = lines[first..].concat();
-    let after_start = typed.len().min(
-        typed
-            .char_indices()
-            .nth(keystrokes)
-            .map_or(typed.len(), |(i, _)| i),
-    );
-    let after = &typed[after_start..];
-
-    let (mut same, mut evaluated, mut shifted) = (0, 0, 0);
-    let mut differing = Vec::new();
-    for (n, (end, _)) in typed[..after_start]
+    let ends: Vec<usize> = typed
         .char_indices()
+        .map(|(i, _)| i)
         .skip(1)
-        .chain([(after_start, ' ')])
-        .enumerate()
-    {
-        let prefix = format!("{before}{}", &typed[..end]);
-        let (w, _) = complete(warm, model, &prefix, after, fim, max_tokens).await?;
-        // Evaluating an unrelated one-token prompt first leaves nothing to reuse.
-        engine::collect(cold.generate(request(model, "\u{1}", None, 1))?).await?;
-        let (c, _) = complete(&cold, model, &prefix, after, fim, max_tokens).await?;
+        .take(keystrokes)
+        .collect();
+    let after = &typed[ends.last().copied().unwrap_or(0)..];
+    let prompts: Vec<String> = ends
+        .iter()
+        .map(|&end| format!("{before}{}", &typed[..end]))
+        .collect();
+
+    let mut reused = Vec::new();
+    let (mut evaluated, mut shifted) = (0, 0);
+    // Prime the cache with the first prompt, so that every measured one reuses it.
+    complete(engine, model, &prompts[0], after, fim, max_tokens).await?;
+    for prompt in &prompts {
+        let (w, _) = complete(engine, model, prompt, after, fim, max_tokens).await?;
         evaluated += w.prompt_tokens - w.cached_tokens;
         shifted += w.shifted_tokens;
-        if w.text == c.text {
-            same += 1;
-        } else {
-            differing.push((n, w.text, c.text));
+        reused.push(w.text);
+    }
+    let mut differing = Vec::new();
+    for (n, (prompt, w)) in prompts.iter().zip(&reused).enumerate() {
+        engine::collect(engine.generate(request(model, "\u{1}", None, 1))?).await?;
+        let (c, _) = complete(engine, model, prompt, after, fim, max_tokens).await?;
+        if *w != c.text {
+            differing.push((n, w.clone(), c.text));
         }
     }
-    let total = same + differing.len();
+    let total = prompts.len();
     println!(
-        "\nreuse fidelity: {same} of {total} greedy completions identical to a cold evaluation \
+        "\nreuse fidelity: {} of {total} greedy completions identical to a cold evaluation \
          ({:.1} prompt tokens evaluated and {:.1} shifted per keystroke)",
+        total - differing.len(),
         evaluated as f64 / total as f64,
         shifted as f64 / total as f64,
     );
     for (n, w, c) in differing.iter().take(5) {
         println!("  keystroke {n}: reused {w:?}, cold {c:?}");
     }
-    tokio::task::spawn_blocking(move || cold.stop()).await?;
     Ok(())
 }
 
