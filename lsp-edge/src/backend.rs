@@ -135,6 +135,9 @@ impl BackendError {
 pub struct BackendClient {
     http: reqwest::Client,
     base_url: String,
+    /// `base_url` with any credentials and query replaced by `***`: what logs,
+    /// `/health` and error messages show.
+    display_url: String,
     api_key: Option<Secret>,
     config: BackendConfig,
     breaker: Arc<CircuitBreaker>,
@@ -167,6 +170,7 @@ impl BackendClient {
         Ok(BackendClient {
             http,
             base_url: config.url.trim_end_matches('/').to_owned(),
+            display_url: redact_url(config.url.trim_end_matches('/')),
             api_key: config.api_key.clone(),
             config: config.clone(),
             breaker,
@@ -175,6 +179,11 @@ impl BackendClient {
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The base URL without credentials, for anything a person or client may read.
+    pub fn display_url(&self) -> &str {
+        &self.display_url
     }
 
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
@@ -270,11 +279,61 @@ impl BackendClient {
         if err.is_timeout() {
             return BackendError::FirstTokenTimeout(self.config.first_token_timeout());
         }
+        // reqwest's messages quote the request URL, credentials included.
+        let mut message = error_chain(err);
+        if let Some(secret) = url_secrets(&self.base_url) {
+            for part in secret {
+                let mask = if part.starts_with('?') {
+                    "?***"
+                } else {
+                    "***@"
+                };
+                message = message.replace(&part, mask);
+            }
+        }
         BackendError::Connect {
-            url: self.base_url.clone(),
-            message: error_chain(err),
+            url: self.display_url.clone(),
+            message,
         }
     }
+}
+
+/// `url` with its user name, password and query replaced by `***`, so that logs and
+/// `/health` never show credentials embedded in the backend URL.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let had_credentials = !parsed.username().is_empty() || parsed.password().is_some();
+    if had_credentials {
+        let _ = parsed.set_username("***");
+        let _ = parsed.set_password(None);
+    }
+    if parsed.query().is_some() {
+        parsed.set_query(Some("***"));
+    }
+    if !had_credentials && parsed.query().is_none() {
+        return url.to_owned();
+    }
+    parsed.as_str().trim_end_matches('/').to_owned()
+}
+
+/// The secret parts of `url` as they appear in its serialisation (percent-encoded):
+/// `user:password@` and `?query`, whole, so that nothing else in a message matches.
+fn url_secrets(url: &str) -> Option<Vec<String>> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let mut parts = Vec::new();
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        let mut userinfo = parsed.username().to_owned();
+        if let Some(password) = parsed.password() {
+            userinfo = format!("{userinfo}:{password}");
+        }
+        parts.push(format!("{userinfo}@"));
+    }
+    if let Some(query) = parsed.query() {
+        parts.push(format!("?{query}"));
+    }
+    (!parts.is_empty()).then_some(parts)
 }
 
 /// The innermost cause is the informative part ("Connection refused").
@@ -488,6 +547,23 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_backend_url_are_redacted() {
+        assert_eq!(
+            redact_url("http://user:secret@host:9000"),
+            "http://***@host:9000"
+        );
+        assert_eq!(
+            redact_url("http://host:9000/?key=k"),
+            "http://host:9000/?***"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(
+            url_secrets("http://user:s%40cret@host"),
+            Some(vec!["user:s%40cret@".to_owned()])
+        );
+    }
 
     #[test]
     fn sse_events_split_across_chunks_and_multibyte_characters() {

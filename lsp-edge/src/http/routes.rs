@@ -448,7 +448,7 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let probe = client.health().await;
     let reachable = probe.is_ok();
     let mut backend = json!({
-        "url": client.base_url(),
+        "url": client.display_url(),
         "reachable": reachable,
         "breaker": breaker_json(&breaker),
     });
