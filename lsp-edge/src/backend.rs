@@ -474,15 +474,26 @@ impl TokenStream {
                     ))
                 }
                 Ok(Some(Err(err))) => return Err(BackendError::Stream(error_chain(&err))),
-                Ok(Some(Ok(bytes))) => self.pending.extend(self.sse.push(&bytes)),
+                Ok(Some(Ok(bytes))) => {
+                    self.pending.extend(self.sse.push(&bytes));
+                    if self.sse.buffered() > MAX_SSE_EVENT_BYTES {
+                        return Err(BackendError::Protocol(format!(
+                            "an SSE event longer than {} KB",
+                            MAX_SSE_EVENT_BYTES / 1024
+                        )));
+                    }
+                }
             }
         }
     }
 }
 
 fn parse_event(data: &str) -> Result<Option<StreamEvent>, BackendError> {
-    let event: WireEvent = serde_json::from_str(data)
-        .map_err(|err| BackendError::Protocol(format!("bad event {data:?}: {err}")))?;
+    let event: WireEvent = serde_json::from_str(data).map_err(|err| {
+        // The event is the backend's text: quote only its start.
+        let start: String = data.chars().take(200).collect();
+        BackendError::Protocol(format!("bad event {start:?}: {err}"))
+    })?;
     if let Some(error) = event.error {
         return Err(BackendError::Api {
             status: if error.code == 0 { 500 } else { error.code },
@@ -517,7 +528,16 @@ pub struct SseDecoder {
     buffer: Vec<u8>,
 }
 
+/// An event (one token, or the final statistics) is far smaller: a stream that
+/// sends this much without an event end is broken, and is not buffered further.
+const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+
 impl SseDecoder {
+    /// Bytes held for an event not yet ended.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Feeds bytes; returns the data of every event completed by them.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
         self.buffer.extend(bytes.iter().filter(|&&b| b != b'\r'));
@@ -547,6 +567,69 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Events split at any byte (inside a UTF-8 character, between `\r` and
+        /// `\n`) come out whole and in order.
+        #[test]
+        fn sse_events_split_anywhere_come_out_whole(
+            tokens in prop::collection::vec("\\PC{0,12}", 1..12),
+            crlf in any::<bool>(),
+            sizes in prop::collection::vec(1usize..40, 1..8),
+        ) {
+            let end = if crlf { "\r\n\r\n" } else { "\n\n" };
+            let mut input = String::new();
+            let mut expected = Vec::new();
+            for token in &tokens {
+                let data = serde_json::json!({ "token": token }).to_string();
+                input.push_str(&format!(": keep-alive{end}data: {data}{end}"));
+                expected.push(data);
+            }
+            let mut decoder = SseDecoder::default();
+            let mut events = Vec::new();
+            let mut rest = input.as_bytes();
+            let mut size = sizes.iter().cycle();
+            while !rest.is_empty() {
+                let take = (*size.next().unwrap_or(&1)).clamp(1, rest.len());
+                events.extend(decoder.push(&rest[..take]));
+                rest = &rest[take..];
+            }
+            prop_assert_eq!(&events, &expected);
+            for (event, token) in events.iter().zip(&tokens) {
+                prop_assert_eq!(
+                    parse_event(event).ok().flatten(),
+                    Some(StreamEvent::Token(token.clone()))
+                );
+            }
+            prop_assert_eq!(decoder.buffered(), 0);
+        }
+
+        /// Arbitrary bytes never panic the decoder or the event parser.
+        #[test]
+        fn sse_random_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            sizes in prop::collection::vec(1usize..64, 1..8),
+        ) {
+            let mut decoder = SseDecoder::default();
+            let mut rest = bytes.as_slice();
+            let mut size = sizes.iter().cycle();
+            while !rest.is_empty() {
+                let take = (*size.next().unwrap_or(&1)).clamp(1, rest.len());
+                for event in decoder.push(&rest[..take]) {
+                    let _ = parse_event(&event);
+                }
+                rest = &rest[take..];
+            }
+            prop_assert!(decoder.buffered() <= bytes.len());
+        }
+    }
 
     #[test]
     fn credentials_in_the_backend_url_are_redacted() {

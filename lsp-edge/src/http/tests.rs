@@ -244,7 +244,13 @@ async fn http_malformed_json_and_wrong_types_get_400_naming_the_field() {
         (r#"{"prompt": "x", "tempreature": 0}"#, "tempreature"),
         (r#"{"language": "python"}"#, "prompt"),
         (r#"{"prompt": ""}"#, "prompt:"),
-        ("not json", "invalid JSON body"),
+        ("not json", "not valid JSON"),
+        ("", "body is empty"),
+        (r#"{"prompt": "x""#, "not valid JSON (EOF while parsing"),
+        (
+            r#"[{"prompt": "x"}]"#,
+            "body is an array; expected a JSON object",
+        ),
     ] {
         let response = call(&state, post_json("/v1/complete", body)).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
@@ -253,7 +259,7 @@ async fn http_malformed_json_and_wrong_types_get_400_naming_the_field() {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{body}: {message}");
     }
-    assert_eq!(state.stats().invalid.get(), 9);
+    assert_eq!(state.stats().invalid.get(), 12);
 }
 
 #[tokio::test]

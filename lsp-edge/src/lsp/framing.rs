@@ -314,7 +314,12 @@ pub enum ReadEnd {
     Disconnected(Option<std::io::Error>),
     /// The server stopped reading.
     ServerGone,
+    /// A frame was refused for good; the answer has been sent.
+    Refused,
 }
+
+/// How long a refused connection is read (and the bytes dropped) before it closes.
+const REFUSAL_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads frames from `input`, passes well-formed ones to `server`, and answers the
 /// others through `answers`. Returns when the peer disconnects; after refusing a
@@ -353,7 +358,13 @@ where
                 Err(err) => {
                     tracing::warn!("refused an LSP frame, closing the session: {err}");
                     let _ = answers.send(Outgoing::AnswerAndClose(err.response())).await;
-                    return std::future::pending().await;
+                    // Closing with unread bytes would reset the connection, and the
+                    // peer could lose the answer: read and drop for a moment first.
+                    let mut sink = vec![0u8; 64 * 1024];
+                    let discard =
+                        async { while matches!(input.read(&mut sink).await, Ok(n) if n > 0) {} };
+                    let _ = tokio::time::timeout(REFUSAL_LINGER, discard).await;
+                    return ReadEnd::Refused;
                 }
             }
         }
@@ -370,8 +381,8 @@ where
 }
 
 /// Forwards the server's output frames to `output`, with our answers between whole
-/// frames. Returns when the server's output ends, after a closing answer, or when
-/// `output` breaks.
+/// frames. Returns when the server's output ends or `output` breaks; after a closing
+/// answer it shuts `output` down and waits for the session to end.
 pub async fn write_frames<R, W>(mut server: R, mut output: W, mut answers: mpsc::Receiver<Outgoing>)
 where
     R: AsyncRead + Unpin,
@@ -408,7 +419,8 @@ where
                     let _ = output.write_all(&frame(value.to_string().as_bytes())).await;
                     let _ = output.flush().await;
                     let _ = output.shutdown().await;
-                    return;
+                    // The reader ends the session once it has drained the input.
+                    return std::future::pending().await;
                 }
             },
         }
@@ -418,6 +430,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const LIMITS: FrameLimits = FrameLimits {
         max_header_bytes: 256,
@@ -527,6 +540,95 @@ mod tests {
         let (_, err) = decode_all(&junk);
         let message = err.map(|err| err.to_string()).unwrap_or_default();
         assert!(message.len() < 200, "{message}");
+    }
+
+    fn json_message() -> impl Strategy<Value = Vec<u8>> {
+        ("[a-zA-Z/$]{0,24}", any::<i32>(), "\\PC{0,40}").prop_map(|(method, id, text)| {
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"text": text}})
+                .to_string()
+                .into_bytes()
+        })
+    }
+
+    /// Feeds `input` to a decoder in pieces of the given sizes (cycled), collecting
+    /// every frame until the end or the first fatal error.
+    fn feed(input: &[u8], sizes: &[usize]) -> (Vec<Decoded>, Option<FrameError>, usize) {
+        let mut decoder = FrameDecoder::new(LIMITS);
+        let mut buffer = BytesMut::new();
+        let mut out = Vec::new();
+        let mut most_buffered = 0;
+        let mut rest = input;
+        let mut size = sizes.iter().cycle();
+        while !rest.is_empty() {
+            let take = (*size.next().unwrap_or(&1)).clamp(1, rest.len());
+            buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            loop {
+                match decoder.decode(&mut buffer) {
+                    Ok(Some(decoded)) => out.push(decoded),
+                    Ok(None) => break,
+                    Err(err) => return (out, Some(err), most_buffered),
+                }
+            }
+            most_buffered = most_buffered.max(buffer.len());
+        }
+        (out, None, most_buffered)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn random_bytes_never_panic_and_never_pile_up(
+            bytes in prop::collection::vec(any::<u8>(), 0..4096),
+            sizes in prop::collection::vec(1usize..300, 1..8),
+        ) {
+            let (_, _, most_buffered) = feed(&bytes, &sizes);
+            // Never more than a header and the largest body waiting, plus one read.
+            prop_assert!(most_buffered <= LIMITS.max_header_bytes + LIMITS.max_message_bytes + 300);
+        }
+
+        #[test]
+        fn messages_split_anywhere_decode_to_themselves(
+            messages in prop::collection::vec(json_message(), 1..8),
+            sizes in prop::collection::vec(1usize..200, 1..8),
+        ) {
+            let mut input = Vec::new();
+            for message in &messages {
+                input.extend(frame(message));
+            }
+            let (decoded, err, _) = feed(&input, &sizes);
+            prop_assert_eq!(err, None);
+            let expected: Vec<Decoded> = messages
+                .into_iter()
+                .map(|m| Decoded::Message(Bytes::from(m)))
+                .collect();
+            prop_assert_eq!(decoded, expected);
+        }
+
+        #[test]
+        fn a_bad_body_is_answered_and_the_next_message_still_arrives(
+            body in prop::collection::vec(any::<u8>(), 1..400),
+            sizes in prop::collection::vec(1usize..200, 1..8),
+        ) {
+            let good = br#"{"jsonrpc":"2.0","method":"initialized","params":{}}"#;
+            let mut input = frame(good);
+            input.extend(frame(&body));
+            input.extend(frame(good));
+            let (decoded, err, _) = feed(&input, &sizes);
+            prop_assert_eq!(err, None);
+            prop_assert_eq!(decoded.len(), 3);
+            prop_assert_eq!(&decoded[2], &Decoded::Message(Bytes::from_static(good)));
+            if let Decoded::Malformed(err) = &decoded[1] {
+                // Every answer is valid JSON-RPC and short.
+                let answer = err.response().to_string();
+                prop_assert!(answer.len() < 600, "{}", answer);
+            }
+        }
     }
 
     #[test]
