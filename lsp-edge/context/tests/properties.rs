@@ -2,7 +2,10 @@
 //! fragments mixed with arbitrary characters), random incremental edits (byte ranges
 //! that may fall past the end or inside a character) and random cursors. The engine
 //! must never panic, an incrementally re-parsed tree must equal a fresh parse of the
-//! same text, and the prefix and suffix must be the text around the cursor.
+//! same text (node for node where the text parses without errors; with errors,
+//! tree-sitter's recovery may differ after an incremental parse, so both must see
+//! an error and span the text), and the prefix and suffix must be the text around
+//! the cursor.
 //!
 //! The number of cases is bounded so that CI stays fast; `PROPTEST_CASES` raises it
 //! for a longer run (see docs/robustness.md).
@@ -144,7 +147,17 @@ proptest! {
             document.apply_edit(&engine, start..start.saturating_add(len), &new_text);
             prop_assert_eq!(document.text(), expected.as_str());
             let fresh = engine.parse(language, expected.clone());
-            prop_assert_eq!(nodes(&document), nodes(&fresh), "text: {:?}", expected);
+            let fresh_has_error = fresh.tree().is_some_and(|tree| tree.root_node().has_error());
+            if fresh_has_error {
+                // Tree-sitter's error recovery may place ERROR nodes differently when
+                // it reuses an old tree (docs/robustness.md): both parses must still
+                // see the errors and cover the whole text.
+                let (ours, theirs) = (nodes(&document), nodes(&fresh));
+                prop_assert!(ours.iter().any(|node| node.3), "text: {:?}", expected);
+                prop_assert_eq!(ours.first(), theirs.first(), "text: {:?}", expected);
+            } else {
+                prop_assert_eq!(nodes(&document), nodes(&fresh), "text: {:?}", expected);
+            }
         }
     }
 
