@@ -381,7 +381,6 @@ fn lsp_disconnect_cancels_every_request_of_the_session() {
         backend.wait(|seen| seen.requests >= 2),
         "both requests reach the backend"
     );
-    client.wait_for("the first partial result", |m| m["method"] == "$/progress");
 
     client.disconnect();
     assert!(
@@ -759,7 +758,8 @@ fn error_messages_say_what_was_wrong_and_what_is_expected() {
 #[test]
 fn code_action_resolve_does_not_wait_for_work_done_progress_create() {
     let backend = FakeBackend::start(Behaviour::Answer(
-        "async def fetch(url):\n    response = await requests.get(url)\n    return response.text\n```\n",
+        // vps-infer stops at the closing fence and leaves it out.
+        "async def fetch(url):\n    response = await requests.get(url)\n    return response.text\n",
     ));
     let edge = LspEdge::start(&backend.url(), TEST_API_KEY, "", &[]);
     // Answers nothing the server asks, as Helix while its resolve is pending.
