@@ -692,11 +692,14 @@ fn method_not_allowed_answers_with_the_envelope() {
 // ---------------------------------------------------------------------------------
 // 10. Unclear messages.
 
+/// Headers, body, expected status and the start of the expected message.
+type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a [u8], u16, &'a str);
+
 #[test]
 fn error_messages_say_what_was_wrong_and_what_is_expected() {
     let vps = VpsInfer::start_smol();
     let key = ("X-API-Key", TEST_API_KEY.as_bytes());
-    let cases: [(&[(&str, &[u8])], &[u8], u16, &str); 4] = [
+    let cases: [Case; 4] = [
         (
             &[key],
             b"{\"prompt\": \"x\"",

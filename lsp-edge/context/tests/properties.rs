@@ -115,6 +115,14 @@ fn nodes(document: &Document) -> Vec<(String, usize, usize, bool)> {
     }
 }
 
+/// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer run.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}
+
 fn engine() -> ContextEngine {
     ContextEngine::new(EngineConfig {
         min_chars_to_chunk: 0,
@@ -125,7 +133,7 @@ fn engine() -> ContextEngine {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: cases(64),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
