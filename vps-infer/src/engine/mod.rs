@@ -173,7 +173,7 @@ impl Engine {
             if let Err(err) = gguf::check(&model.path) {
                 let message = format!("model {name:?} cannot be loaded: {err}");
                 tracing::error!("{message}");
-                if name == &config.default_model || first_problem.is_none() {
+                if *name == config.default_model || first_problem.is_none() {
                     first_problem = Some(message.clone());
                 }
                 if let Ok(mut bad) = shared.bad_files.lock() {
