@@ -135,6 +135,9 @@ impl BackendError {
 pub struct BackendClient {
     http: reqwest::Client,
     base_url: String,
+    /// `base_url` with any credentials and query replaced by `***`: what logs,
+    /// `/health` and error messages show.
+    display_url: String,
     api_key: Option<Secret>,
     config: BackendConfig,
     breaker: Arc<CircuitBreaker>,
@@ -167,6 +170,7 @@ impl BackendClient {
         Ok(BackendClient {
             http,
             base_url: config.url.trim_end_matches('/').to_owned(),
+            display_url: redact_url(config.url.trim_end_matches('/')),
             api_key: config.api_key.clone(),
             config: config.clone(),
             breaker,
@@ -175,6 +179,11 @@ impl BackendClient {
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The base URL without credentials, for anything a person or client may read.
+    pub fn display_url(&self) -> &str {
+        &self.display_url
     }
 
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
@@ -270,11 +279,61 @@ impl BackendClient {
         if err.is_timeout() {
             return BackendError::FirstTokenTimeout(self.config.first_token_timeout());
         }
+        // reqwest's messages quote the request URL, credentials included.
+        let mut message = error_chain(err);
+        if let Some(secret) = url_secrets(&self.base_url) {
+            for part in secret {
+                let mask = if part.starts_with('?') {
+                    "?***"
+                } else {
+                    "***@"
+                };
+                message = message.replace(&part, mask);
+            }
+        }
         BackendError::Connect {
-            url: self.base_url.clone(),
-            message: error_chain(err),
+            url: self.display_url.clone(),
+            message,
         }
     }
+}
+
+/// `url` with its user name, password and query replaced by `***`, so that logs and
+/// `/health` never show credentials embedded in the backend URL.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let had_credentials = !parsed.username().is_empty() || parsed.password().is_some();
+    if had_credentials {
+        let _ = parsed.set_username("***");
+        let _ = parsed.set_password(None);
+    }
+    if parsed.query().is_some() {
+        parsed.set_query(Some("***"));
+    }
+    if !had_credentials && parsed.query().is_none() {
+        return url.to_owned();
+    }
+    parsed.as_str().trim_end_matches('/').to_owned()
+}
+
+/// The secret parts of `url` as they appear in its serialisation (percent-encoded):
+/// `user:password@` and `?query`, whole, so that nothing else in a message matches.
+fn url_secrets(url: &str) -> Option<Vec<String>> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let mut parts = Vec::new();
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        let mut userinfo = parsed.username().to_owned();
+        if let Some(password) = parsed.password() {
+            userinfo = format!("{userinfo}:{password}");
+        }
+        parts.push(format!("{userinfo}@"));
+    }
+    if let Some(query) = parsed.query() {
+        parts.push(format!("?{query}"));
+    }
+    (!parts.is_empty()).then_some(parts)
 }
 
 /// The innermost cause is the informative part ("Connection refused").
@@ -415,15 +474,26 @@ impl TokenStream {
                     ))
                 }
                 Ok(Some(Err(err))) => return Err(BackendError::Stream(error_chain(&err))),
-                Ok(Some(Ok(bytes))) => self.pending.extend(self.sse.push(&bytes)),
+                Ok(Some(Ok(bytes))) => {
+                    self.pending.extend(self.sse.push(&bytes));
+                    if self.sse.buffered() > MAX_SSE_EVENT_BYTES {
+                        return Err(BackendError::Protocol(format!(
+                            "an SSE event longer than {} KB",
+                            MAX_SSE_EVENT_BYTES / 1024
+                        )));
+                    }
+                }
             }
         }
     }
 }
 
 fn parse_event(data: &str) -> Result<Option<StreamEvent>, BackendError> {
-    let event: WireEvent = serde_json::from_str(data)
-        .map_err(|err| BackendError::Protocol(format!("bad event {data:?}: {err}")))?;
+    let event: WireEvent = serde_json::from_str(data).map_err(|err| {
+        // The event is the backend's text: quote only its start.
+        let start: String = data.chars().take(200).collect();
+        BackendError::Protocol(format!("bad event {start:?}: {err}"))
+    })?;
     if let Some(error) = event.error {
         return Err(BackendError::Api {
             status: if error.code == 0 { 500 } else { error.code },
@@ -458,7 +528,16 @@ pub struct SseDecoder {
     buffer: Vec<u8>,
 }
 
+/// An event (one token, or the final statistics) is far smaller: a stream that
+/// sends this much without an event end is broken, and is not buffered further.
+const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+
 impl SseDecoder {
+    /// Bytes held for an event not yet ended.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// Feeds bytes; returns the data of every event completed by them.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
         self.buffer.extend(bytes.iter().filter(|&&b| b != b'\r'));
@@ -488,6 +567,94 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer run.
+    fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(default)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: cases(256),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Events split at any byte (inside a UTF-8 character, between `\r` and
+        /// `\n`) come out whole and in order.
+        #[test]
+        fn sse_events_split_anywhere_come_out_whole(
+            tokens in prop::collection::vec("\\PC{0,12}", 1..12),
+            crlf in any::<bool>(),
+            sizes in prop::collection::vec(1usize..40, 1..8),
+        ) {
+            let end = if crlf { "\r\n\r\n" } else { "\n\n" };
+            let mut input = String::new();
+            let mut expected = Vec::new();
+            for token in &tokens {
+                let data = serde_json::json!({ "token": token }).to_string();
+                input.push_str(&format!(": keep-alive{end}data: {data}{end}"));
+                expected.push(data);
+            }
+            let mut decoder = SseDecoder::default();
+            let mut events = Vec::new();
+            let mut rest = input.as_bytes();
+            let mut size = sizes.iter().cycle();
+            while !rest.is_empty() {
+                let take = (*size.next().unwrap_or(&1)).clamp(1, rest.len());
+                events.extend(decoder.push(&rest[..take]));
+                rest = &rest[take..];
+            }
+            prop_assert_eq!(&events, &expected);
+            for (event, token) in events.iter().zip(&tokens) {
+                prop_assert_eq!(
+                    parse_event(event).ok().flatten(),
+                    Some(StreamEvent::Token(token.clone()))
+                );
+            }
+            prop_assert_eq!(decoder.buffered(), 0);
+        }
+
+        /// Arbitrary bytes never panic the decoder or the event parser.
+        #[test]
+        fn sse_random_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            sizes in prop::collection::vec(1usize..64, 1..8),
+        ) {
+            let mut decoder = SseDecoder::default();
+            let mut rest = bytes.as_slice();
+            let mut size = sizes.iter().cycle();
+            while !rest.is_empty() {
+                let take = (*size.next().unwrap_or(&1)).clamp(1, rest.len());
+                for event in decoder.push(&rest[..take]) {
+                    let _ = parse_event(&event);
+                }
+                rest = &rest[take..];
+            }
+            prop_assert!(decoder.buffered() <= bytes.len());
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_backend_url_are_redacted() {
+        assert_eq!(
+            redact_url("http://user:secret@host:9000"),
+            "http://***@host:9000"
+        );
+        assert_eq!(
+            redact_url("http://host:9000/?key=k"),
+            "http://host:9000/?***"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(
+            url_secrets("http://user:s%40cret@host"),
+            Some(vec!["user:s%40cret@".to_owned()])
+        );
+    }
 
     #[test]
     fn sse_events_split_across_chunks_and_multibyte_characters() {

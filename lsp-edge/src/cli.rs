@@ -84,7 +84,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("invalid configuration")?;
     }
     let listen = config.listen;
-    let backend_url = config.backend.url.clone();
+    let backend_url = crate::backend::redact_url(&config.backend.url);
     let edge = Edge::new(config).context("cannot start lsp-edge")?;
 
     if args.stdio {

@@ -161,11 +161,33 @@ impl Default for BreakerConfig {
 pub struct LimitsConfig {
     /// Generations in flight across all sessions; one more is refused at once.
     pub max_in_flight: usize,
+    /// Largest LSP message an editor may send (a `didOpen` carries the whole file,
+    /// JSON-escaped); a larger one is answered with an error and the session closed.
+    pub max_message_bytes: usize,
+    /// Largest LSP header block (`Content-Length`, `Content-Type`).
+    pub max_header_bytes: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_in_flight: 2 }
+        LimitsConfig {
+            max_in_flight: 2,
+            // A 10 MB source file, with room for escaping.
+            max_message_bytes: 32 * 1024 * 1024,
+            max_header_bytes: 8 * 1024,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The LSP framing limits these settings give. The first message (`initialize`,
+    /// read before the session token is checked) gets at most 1 MiB.
+    pub fn frame_limits(&self) -> crate::lsp::FrameLimits {
+        crate::lsp::FrameLimits {
+            max_header_bytes: self.max_header_bytes,
+            max_message_bytes: self.max_message_bytes,
+            max_first_message_bytes: self.max_message_bytes.min(1024 * 1024),
+        }
     }
 }
 
@@ -340,6 +362,16 @@ impl Config {
                 ConfigError::invalid("CEREBRUM_LSP_MAX_IN_FLIGHT", format!("{max:?}: {err}"))
             })?;
         }
+        if let Some(max) = get("CEREBRUM_LSP_MAX_MESSAGE_BYTES") {
+            self.limits.max_message_bytes = max.parse().map_err(|err| {
+                ConfigError::invalid("CEREBRUM_LSP_MAX_MESSAGE_BYTES", format!("{max:?}: {err}"))
+            })?;
+        }
+        if let Some(max) = get("CEREBRUM_LSP_MAX_HEADER_BYTES") {
+            self.limits.max_header_bytes = max.parse().map_err(|err| {
+                ConfigError::invalid("CEREBRUM_LSP_MAX_HEADER_BYTES", format!("{max:?}: {err}"))
+            })?;
+        }
         Ok(())
     }
 
@@ -369,6 +401,18 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_in_flight",
                 "must be at least 1",
+            ));
+        }
+        if self.limits.max_message_bytes < 4096 {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                "must be at least 4096",
+            ));
+        }
+        if self.limits.max_header_bytes < 64 {
+            return Err(ConfigError::invalid(
+                "limits.max_header_bytes",
+                "must be at least 64",
             ));
         }
         self.completion.validate()?;

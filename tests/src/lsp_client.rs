@@ -31,6 +31,8 @@ type Shared<T> = Arc<(Mutex<T>, Condvar)>;
 /// An LSP client speaking to one server.
 pub struct LspClient {
     writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// The TCP connection, for [`disconnect`](Self::disconnect).
+    socket: Option<TcpStream>,
     inbox: Shared<Inbox>,
     next_id: i64,
     _child: Option<Child>,
@@ -106,7 +108,27 @@ impl LspClient {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).ok();
         let reader = stream.try_clone().expect("clone TCP stream");
-        LspClient::over(Box::new(reader), Box::new(stream), None)
+        let socket = stream.try_clone().ok();
+        let mut client = LspClient::over(Box::new(reader), Box::new(stream), None, true);
+        client.socket = socket;
+        client
+    }
+
+    /// Closes the TCP connection now, as an editor that quits or crashes (dropping
+    /// the client alone leaves its reader thread holding the socket).
+    pub fn disconnect(&self) {
+        if let Some(socket) = &self.socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Connects over TCP as a client that never answers the server's requests (as
+    /// Helix does not while a request of its own is pending).
+    pub fn tcp_silent(addr: SocketAddr) -> LspClient {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_nodelay(true).ok();
+        let reader = stream.try_clone().expect("clone TCP stream");
+        LspClient::over(Box::new(reader), Box::new(stream), None, false)
     }
 
     /// Speaks over a child's stdin/stdout (e.g. `lsp-edge connect`); the child is
@@ -114,13 +136,14 @@ impl LspClient {
     pub fn child(mut child: Child) -> LspClient {
         let stdin: ChildStdin = child.stdin.take().expect("child stdin is piped");
         let stdout: ChildStdout = child.stdout.take().expect("child stdout is piped");
-        LspClient::over(Box::new(stdout), Box::new(stdin), Some(child))
+        LspClient::over(Box::new(stdout), Box::new(stdin), Some(child), true)
     }
 
     fn over(
         reader: Box<dyn Read + Send>,
         writer: Box<dyn Write + Send>,
         child: Option<Child>,
+        answer_requests: bool,
     ) -> LspClient {
         let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(writer));
         let inbox: Shared<Inbox> = Arc::default();
@@ -129,7 +152,7 @@ impl LspClient {
             let mut reader = BufReader::new(reader);
             while let Some(message) = read_frame(&mut reader) {
                 // Answer the server's requests (they have an id and a method).
-                if message.get("method").is_some() {
+                if answer_requests && message.get("method").is_some() {
                     if let Some(id) = message.get("id") {
                         let reply = json!({"jsonrpc": "2.0", "id": id, "result": null});
                         let mut writer = thread_writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -149,6 +172,7 @@ impl LspClient {
         });
         LspClient {
             writer,
+            socket: None,
             inbox,
             next_id: 1,
             _child: child,

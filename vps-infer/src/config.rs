@@ -21,6 +21,8 @@ pub struct Config {
     /// Requests that may wait for the engine; one more gets a 503.
     pub queue_size: usize,
     pub max_body_bytes: usize,
+    /// HTTP connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,7 @@ pub struct FileConfig {
     pub cache_reuse: Option<u32>,
     pub idle_unload_secs: Option<u64>,
     pub queue_size: Option<usize>,
+    pub max_connections: Option<usize>,
     #[serde(default)]
     pub guard: FileGuard,
     #[serde(default)]
@@ -221,17 +224,28 @@ impl Config {
             .api_key_file
             .or_else(|| env("CEREBRUM_API_KEY_FILE").map(PathBuf::from))
             .or(file_cfg.api_key_file.map(|p| resolve(base_dir, &p)));
-        let api_key = match (env("CEREBRUM_API_KEY"), key_file, file_cfg.api_key) {
-            (Some(key), _, _) => Some(key),
-            (None, Some(path), _) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("api_key_file: cannot read {}", path.display()))?
-                    .trim()
-                    .to_string(),
+        // Every source is trimmed the same way, and a source that holds only
+        // whitespace is a mistake to report, not a key (nor "no key"). An empty
+        // variable counts as unset, as for every other variable.
+        let env_key = env("CEREBRUM_API_KEY").filter(|key| !key.is_empty());
+        let (api_key, source) = match (env_key, key_file, file_cfg.api_key) {
+            (Some(key), _, _) => (Some(key), "CEREBRUM_API_KEY".to_string()),
+            (None, Some(path), _) => (
+                Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("api_key_file: cannot read {}", path.display()))?,
+                ),
+                format!("the key file {}", path.display()),
             ),
-            (None, None, key) => key,
-        }
-        .filter(|k| !k.is_empty());
+            (None, None, key) => (key, "api_key in the config file".to_string()),
+        };
+        let api_key = match api_key.as_deref().map(str::trim) {
+            None => None,
+            Some("") => {
+                bail!("api_key: {source} is blank; give a key, or no key at all on loopback")
+            }
+            Some(key) => Some(key.to_string()),
+        };
         if api_key.is_none() && !listen.ip().is_loopback() {
             bail!("api_key: listening on {listen}, which is not loopback, needs an API key (CEREBRUM_API_KEY or --api-key-file)");
         }
@@ -268,6 +282,17 @@ impl Config {
         )?
         .unwrap_or(1024);
 
+        let max_connections = pick_parsed(
+            "max_connections",
+            None,
+            env("CEREBRUM_MAX_CONNECTIONS"),
+            file_cfg.max_connections,
+        )?
+        .unwrap_or(256);
+        if max_connections == 0 {
+            bail!("max_connections: must be at least 1");
+        }
+
         Ok(Config {
             listen,
             api_key,
@@ -280,6 +305,7 @@ impl Config {
             },
             queue_size,
             max_body_bytes: 64 * 1024,
+            max_connections,
         })
     }
 }
@@ -424,6 +450,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err}").contains("models.x.path"));
+    }
+
+    #[test]
+    fn api_keys_are_trimmed_and_blank_ones_refused() {
+        let (_p, path) = model_file();
+        let overrides = || Overrides {
+            models: vec![format!("m={path}")],
+            ..Default::default()
+        };
+        let cfg = Config::load(
+            None,
+            &env_of(&[("CEREBRUM_API_KEY", " key \n")]),
+            overrides(),
+        );
+        assert_eq!(cfg.unwrap().api_key.as_deref(), Some("key"));
+        let err =
+            Config::load(None, &env_of(&[("CEREBRUM_API_KEY", "  \t")]), overrides()).unwrap_err();
+        assert!(format!("{err:#}").contains("blank"), "{err:#}");
+        let dir = std::env::temp_dir().join(format!("vps-infer-cfg-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, " \n").unwrap();
+        let err = Config::load(
+            None,
+            &env_of(&[]),
+            Overrides {
+                api_key_file: Some(key_file),
+                ..overrides()
+            },
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("blank"), "{err:#}");
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The client was too slow sending its request.
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     ExceedContextSize(String),
@@ -40,6 +45,8 @@ impl ApiError {
             ApiError::InvalidRequest(_) | ApiError::ExceedContextSize(_) => StatusCode::BAD_REQUEST,
             ApiError::Authentication(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Server(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -51,6 +58,8 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request_error",
             ApiError::Authentication(_) => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed_error",
+            ApiError::RequestTimeout(_) => "request_timeout_error",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::ExceedContextSize(_) => "exceed_context_size_error",
             ApiError::Unavailable { .. } => "unavailable_error",

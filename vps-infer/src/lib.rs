@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod guard;
+pub mod http_server;
 pub mod routes;
 pub mod stats;
 
@@ -15,14 +16,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use routes::{app, AppState};
 
-/// Open streams get this long to end after SIGTERM before the process exits anyway.
+/// Open connections get this long to close after SIGTERM; then the engine is stopped
+/// and the process exits whatever they do.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A client gets this long to send a request's header (or, on an idle keep-alive
+/// connection, to start the next request) before the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client gets this long to send a request's body, once its header is in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the engine and serves HTTP until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -39,14 +47,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         max_body_bytes: config.max_body_bytes,
     };
-    // Tokens go out one small SSE event at a time: without TCP_NODELAY, Nagle's
-    // algorithm and the peer's delayed ACK hold some of them back for tens of ms.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     if config.api_key.is_none() {
         tracing::warn!("no API key configured: every client on this loopback address is let in");
     }
@@ -57,20 +60,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "vps-infer ready"
     );
     let signal = shutdown.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: ending open streams");
-            signal.cancel();
-            // Streams end at once; anything still hanging is cut at the deadline.
-            tokio::spawn(async {
-                tokio::time::sleep(DRAIN_DEADLINE).await;
-                tracing::warn!("drain deadline passed, exiting");
-                std::process::exit(0);
-            });
-        })
-        .await
-        .context("HTTP server failed")?;
+    let limits = http_server::ServerLimits {
+        max_connections: config.max_connections,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let shutdown_signal = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: ending open streams");
+        signal.cancel();
+    };
+    if !http_server::serve(
+        listener,
+        app(state),
+        limits,
+        shutdown_signal,
+        DRAIN_DEADLINE,
+    )
+    .await
+    {
+        tracing::warn!("connections still open after {DRAIN_DEADLINE:?}; closing them");
+    }
     // Streams have ended; let the engine leave llama.cpp before the process exits.
     tokio::task::spawn_blocking(move || engine.stop())
         .await

@@ -50,10 +50,19 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(protected)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// 405 with the envelope (axum's own has an empty body).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; see the README for each endpoint's method",
+        uri.path()
+    ))
 }
 
 async fn require_key(State(app): State<AppState>, request: Request, next: Next) -> Response {
@@ -61,6 +70,20 @@ async fn require_key(State(app): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     };
     let headers = request.headers();
+    // A header that is there but not visible ASCII is a wrong key, not a missing one.
+    let unreadable = [headers.get("x-api-key"), headers.get(header::AUTHORIZATION)]
+        .into_iter()
+        .flatten()
+        .any(|v| v.to_str().is_err());
+    if unreadable {
+        Stats::add(&app.stats.rejected_auth, 1);
+        return ApiError::Authentication(
+            "invalid API key: the X-API-Key (or Authorization) header holds characters other \
+             than visible ASCII, which no key has"
+                .into(),
+        )
+        .into_response();
+    }
     let given = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -97,26 +120,66 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("request body is larger than the limit of 64 KB".into())
-            } else {
-                ApiError::InvalidRequest(format!("cannot read the request body: {e}"))
-            }
-        })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
+        // A client that sends its body slowly is cut off, not waited for.
+        let read = tokio::time::timeout(crate::BODY_TIMEOUT, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within {}s",
+                    crate::BODY_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(
+                        "request body is larger than the limit of 64 KB".into(),
+                    )
+                } else {
+                    ApiError::InvalidRequest(format!("cannot read the request body: {e}"))
+                }
+            })?;
+        let value = json_object(&bytes)?;
+        serde_path_to_error::deserialize(value)
             .map(ApiJson)
             .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if path == "." || path.is_empty() {
-                    ApiError::InvalidRequest(format!("invalid JSON body: {inner}"))
+                    ApiError::InvalidRequest(format!("invalid request body: {inner}"))
                 } else {
                     ApiError::InvalidRequest(format!("{path}: {inner}"))
                 }
             })
     }
+}
+
+/// The body as a JSON object, or an error that says what was wrong with it: not
+/// JSON at all (with serde's position), empty, or JSON of another shape.
+fn json_object(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest(
+            "the request body is empty; expected a JSON object such as {\"prompt\": \"...\"}"
+                .into(),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "the request body is not valid JSON ({e}); expected a JSON object such as \
+             {{\"prompt\": \"...\"}}"
+        ))
+    })?;
+    let shape = match &value {
+        serde_json::Value::Object(_) => return Ok(value),
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Null => "null",
+    };
+    Err(ApiError::InvalidRequest(format!(
+        "the request body is {shape}; expected a JSON object such as {{\"prompt\": \"...\"}}"
+    )))
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,6 +93,11 @@ impl Document {
     pub fn apply_edit(&mut self, _engine: &ContextEngine, range: Range<usize>, new_text: &str) {
         let start = floor_char_boundary(&self.text, range.start);
         let old_end = floor_char_boundary(&self.text, range.end.max(start));
+        if start == old_end && new_text.is_empty() {
+            // Nothing changes: keep the tree (a re-parse could recover from syntax
+            // errors differently, found by tests/properties.rs).
+            return;
+        }
         let new_end = start + new_text.len();
         let start_position = point_at(&self.text, start);
         let old_end_position = point_at(&self.text, old_end);

@@ -19,6 +19,8 @@ pub struct HttpConfig {
     pub cache_max_bytes: usize,
     /// Most requests in one `/v1/complete/batch` call.
     pub max_batch: usize,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -28,6 +30,7 @@ impl Default for HttpConfig {
             token: None,
             cache_max_bytes: 16 * 1024 * 1024,
             max_batch: 32,
+            max_connections: 128,
         }
     }
 }
@@ -45,10 +48,22 @@ impl HttpConfig {
         if let Some(token) = get("CEREBRUM_HTTP_TOKEN") {
             self.token = Some(Secret::new(token));
         }
+        if let Some(max) = get("CEREBRUM_HTTP_MAX_CONNECTIONS") {
+            self.max_connections = max.parse().map_err(|err| ConfigError::Invalid {
+                field: "CEREBRUM_HTTP_MAX_CONNECTIONS".into(),
+                message: format!("{max:?}: {err}"),
+            })?;
+        }
         Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                field: "http.max_connections".into(),
+                message: "must be at least 1".into(),
+            });
+        }
         if self.max_batch == 0 {
             return Err(ConfigError::Invalid {
                 field: "http.max_batch".into(),

@@ -28,6 +28,9 @@ pub enum ApiError {
     Unavailable { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Timeout(String),
+    /// The client was too slow sending its request.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// vps-infer answered with an error: passed on with its status and kind.
     #[error("{message}")]
     Backend {
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Backend { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable { .. } => "unavailable_error",
             ApiError::Timeout(_) => "timeout_error",
+            ApiError::RequestTimeout(_) => "request_timeout_error",
             ApiError::Backend { kind, .. } if !kind.is_empty() => kind,
             ApiError::Backend { .. } => "backend_error",
             ApiError::Unprocessable(_) => "validation_error",

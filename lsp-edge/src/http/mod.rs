@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod routes;
+pub mod server;
 pub mod service;
 pub mod stats;
 
@@ -22,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,6 +41,13 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// How long shutdown waits for open connections after ending the streams.
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// A client gets this long to send a request's header (or, on an idle keep-alive
+/// connection, to start the next request) before the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client gets this long to send a request's body, once its header is in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler shares; cheap to clone.
 #[derive(Debug, Clone)]
@@ -115,24 +122,18 @@ pub struct HttpServer {
 pub async fn spawn(edge: Arc<Edge>) -> std::io::Result<HttpServer> {
     let listener = TcpListener::bind(edge.config.http.listen).await?;
     let addr = listener.local_addr()?;
+    let edge_limits = edge.config.http.clone();
     let state = HttpState::new(edge);
     let shutdown = state.shutdown.clone();
     let signal = shutdown.clone().cancelled_owned();
     let router = app(state);
-    // One small write per token: without TCP_NODELAY, Nagle's algorithm would hold
-    // tokens back while waiting for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {err}");
-        }
-    });
+    let limits = server::ServerLimits {
+        max_connections: edge_limits.max_connections,
+        header_timeout: HEADER_TIMEOUT,
+    };
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, router)
-            .with_graceful_shutdown(signal)
-            .await
-        {
-            tracing::error!("HTTP endpoint failed: {err}");
-        }
+        // `shutdown` bounds the drain itself.
+        server::serve(listener, router, limits, signal, Duration::MAX).await;
     });
     tracing::info!(listen = %addr, "HTTP endpoint listening");
     Ok(HttpServer {

@@ -37,21 +37,67 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|err| {
-            if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!(
-                    "request body is larger than the limit of {} KB",
-                    MAX_BODY_BYTES / 1024
+        let example = example_body(req.uri().path());
+        // A client that sends its body slowly is cut off, not waited for.
+        let read = tokio::time::timeout(super::BODY_TIMEOUT, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within {}s",
+                    super::BODY_TIMEOUT.as_secs()
                 ))
-            } else {
-                ApiError::InvalidRequest(format!("cannot read the request body: {err}"))
-            }
-        })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
+            })?
+            .map_err(|err| {
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(format!(
+                        "request body is larger than the limit of {} KB",
+                        MAX_BODY_BYTES / 1024
+                    ))
+                } else {
+                    ApiError::InvalidRequest(format!("cannot read the request body: {err}"))
+                }
+            })?;
+        let value = json_object(&bytes, example)?;
+        serde_path_to_error::deserialize(value)
             .map(ApiJson)
             .map_err(|err| field_error("", err))
     }
+}
+
+/// What a body for this endpoint looks like, for error messages.
+fn example_body(path: &str) -> &'static str {
+    match path {
+        "/v1/complete/batch" => r#"{"requests": [{"prompt": "..."}, ...]}"#,
+        "/v1/refactor" => r#"{"code": "...", "language": "python"}"#,
+        _ => r#"{"prompt": "..."}"#,
+    }
+}
+
+/// The body as a JSON object, or an error that says what was wrong with it: empty,
+/// not JSON at all (with serde's position), or JSON of another shape.
+fn json_object(bytes: &[u8], example: &str) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest(format!(
+            "the request body is empty; expected a JSON object such as {example}"
+        )));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|err| {
+        ApiError::InvalidRequest(format!(
+            "the request body is not valid JSON ({err}); expected a JSON object such as {example}"
+        ))
+    })?;
+    let shape = match &value {
+        Value::Object(_) => return Ok(value),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(ApiError::InvalidRequest(format!(
+        "the request body is {shape}; expected a JSON object such as {example}"
+    )))
 }
 
 /// A deserialisation error as a 400 that names the field, under `prefix`
@@ -140,6 +186,20 @@ pub async fn require_token(State(app): State<HttpState>, request: Request, next:
         return next.run(request).await;
     };
     let headers = request.headers();
+    // A header that is there but not visible ASCII is a wrong token, not a missing one.
+    let unreadable = [headers.get(header::AUTHORIZATION), headers.get("x-api-key")]
+        .into_iter()
+        .flatten()
+        .any(|value| value.to_str().is_err());
+    if unreadable {
+        app.stats().unauthorized.inc();
+        return ApiError::Authentication(
+            "invalid token: the Authorization header holds characters other than visible \
+             ASCII, which no token has"
+                .into(),
+        )
+        .into_response();
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -451,7 +511,7 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let probe = client.health().await;
     let reachable = probe.is_ok();
     let mut backend = json!({
-        "url": client.base_url(),
+        "url": client.display_url(),
         "reachable": reachable,
         "breaker": breaker_json(&breaker),
     });

@@ -244,7 +244,13 @@ async fn http_malformed_json_and_wrong_types_get_400_naming_the_field() {
         (r#"{"prompt": "x", "tempreature": 0}"#, "tempreature"),
         (r#"{"language": "python"}"#, "prompt"),
         (r#"{"prompt": ""}"#, "prompt:"),
-        ("not json", "invalid JSON body"),
+        ("not json", "not valid JSON"),
+        ("", "body is empty"),
+        (r#"{"prompt": "x""#, "not valid JSON (EOF while parsing"),
+        (
+            r#"[{"prompt": "x"}]"#,
+            "body is an array; expected a JSON object",
+        ),
     ] {
         let response = call(&state, post_json("/v1/complete", body)).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
@@ -253,7 +259,7 @@ async fn http_malformed_json_and_wrong_types_get_400_naming_the_field() {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{body}: {message}");
     }
-    assert_eq!(state.stats().invalid.get(), 9);
+    assert_eq!(state.stats().invalid.get(), 12);
 }
 
 #[tokio::test]
@@ -584,5 +590,76 @@ async fn http_refactor_refuses_bad_input_with_400() {
         assert_envelope(&answer, 400, "invalid_request_error");
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{body}: {message}");
+    }
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for more.
+    fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Bodies near the real ones: JSON fragments, random bytes, or a valid body
+    /// with a few bytes overwritten.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let valid = r#"{"prompt": "def f(x):\n    ", "language": "python", "max_tokens": 4, "requests": [{"prompt": "x"}]}"#;
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            "[\\[\\]{}\":,a-z0-9 .-]{0,80}".prop_map(String::into_bytes),
+            prop::collection::vec((0usize..200, any::<u8>()), 1..6).prop_map(move |changes| {
+                let mut bytes = valid.as_bytes().to_vec();
+                for (at, byte) in changes {
+                    let at = at % bytes.len();
+                    bytes[at] = byte;
+                }
+                bytes
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: cases(128),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Whatever the body, every endpoint answers with the envelope and a status
+        /// below 500 (the backend is unreachable, so a body that passes validation
+        /// gets 503), and never panics.
+        #[test]
+        fn http_random_bodies_get_an_envelope_never_a_panic(
+            body in body(),
+            path in prop::sample::select(vec!["/v1/complete", "/v1/complete/batch", "/v1/refactor"]),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let (status, answer) = runtime.block_on(async {
+                let state = state_for("http://127.0.0.1:9", |config| {
+                    config.backend.connect_timeout_ms = 200;
+                });
+                let response = call(&state, post_json(path, body)).await;
+                let status = response.status();
+                (status, json_of(response).await)
+            });
+            prop_assert!(
+                status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE
+                    || status == StatusCode::OK,
+                "{} {}", status, answer
+            );
+            if status != StatusCode::OK {
+                prop_assert_eq!(&answer["error"]["code"], &json!(status.as_u16()));
+                prop_assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            }
+        }
     }
 }

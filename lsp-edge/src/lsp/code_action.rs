@@ -275,7 +275,7 @@ async fn run(
     } else {
         "codeAction/resolve"
     };
-    let span = tracing::info_span!("request", method, id, uri = uri.as_str());
+    let span = tracing::info_span!("request", method, id, uri = %super::framing::shorten(uri.as_str(), 200));
     run_in_span(
         cx,
         uri,
@@ -398,7 +398,8 @@ async fn run_in_span(
 
 /// Shows `window/workDoneProgress` with the token count until `done` is cancelled:
 /// on the client's token when it sent one, else on one we create (when the client
-/// supports it).
+/// supports it) once the client confirmed it. Returns as soon as `done` is cancelled,
+/// answered or not.
 async fn report_progress(
     client: Client,
     supported: bool,
@@ -414,13 +415,20 @@ async fn report_progress(
                 "cerebrum-refactor-{}",
                 NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
             ));
-            let created = client
-                .send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
+            // Some editors (Helix) answer a server's request only after their own
+            // pending request (this resolve) is answered: the refactor never waits for
+            // this answer, and without it by the end there is simply no progress.
+            let create =
+                client.send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
                     token: token.clone(),
-                })
-                .await;
-            if created.is_err() {
-                return;
+                });
+            tokio::select! {
+                created = create => {
+                    if created.is_err() {
+                        return;
+                    }
+                }
+                () = done.cancelled() => return,
             }
             token
         }

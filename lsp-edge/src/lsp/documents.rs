@@ -24,6 +24,7 @@ const MAX_PENDING_EDITS: usize = 1_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
     #[error("document {0} is not open")]
+    /// The URI, shortened and quoted (it is the client's text).
     NotOpen(String),
 }
 
@@ -144,10 +145,10 @@ impl DocumentStore {
         let mut documents = self.lock();
         let state = documents
             .get_mut(uri)
-            .ok_or_else(|| DocumentError::NotOpen(uri.as_str().to_owned()))?;
+            .ok_or_else(|| DocumentError::NotOpen(super::framing::shorten(uri.as_str(), 200)))?;
         if version <= state.version {
             tracing::warn!(
-                uri = uri.as_str(),
+                uri = %super::framing::shorten(uri.as_str(), 200),
                 version,
                 current = state.version,
                 "ignoring a stale didChange"
@@ -193,7 +194,7 @@ impl DocumentStore {
         let documents = self.lock();
         let state = documents
             .get(uri)
-            .ok_or_else(|| DocumentError::NotOpen(uri.as_str().to_owned()))?;
+            .ok_or_else(|| DocumentError::NotOpen(super::framing::shorten(uri.as_str(), 200)))?;
         Ok(Snapshot {
             uri: uri.clone(),
             language: state.language,

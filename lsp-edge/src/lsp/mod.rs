@@ -2,6 +2,7 @@
 
 mod code_action;
 mod documents;
+pub mod framing;
 mod inflight;
 pub mod position;
 mod session;
@@ -18,26 +19,57 @@ use tokio_util::sync::CancellationToken;
 use tower_lsp_server::{LspService, Server};
 
 pub use documents::{DocumentError, DocumentStore};
+pub use framing::FrameLimits;
 pub use session::{InlineCompletionRequest, RequestError, Session};
 
 use crate::edge::Edge;
 
+/// Bytes buffered between our framing layer and tower-lsp-server, each way.
+const PIPE_BYTES: usize = 64 * 1024;
+
 /// Serves one LSP session over a byte stream until the client exits or disconnects
-/// (or is refused for a bad token).
+/// (or is refused for a bad token or a bad frame).
+///
+/// The editor's bytes pass [`framing`] before tower-lsp-server sees them. When the
+/// editor disconnects, the whole session is dropped at once: every request in flight
+/// with it, which drops their streams from vps-infer and so stops their decodes
+/// (tower-lsp-server alone would finish them first).
 pub async fn serve_connection<R, W>(edge: Arc<Edge>, read: R, write: W)
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite,
+    W: AsyncWrite + Unpin,
 {
     let closed = CancellationToken::new();
     let concurrency = edge.config.session_concurrency;
+    let limits = edge.config.limits.frame_limits();
     let (service, socket) = LspService::build(|client| Session::new(client, edge, closed.clone()))
         .custom_method("textDocument/inlineCompletion", Session::inline_completion)
         .finish();
-    let server = Server::new(read, write, socket).concurrency_level(concurrency);
-    tokio::select! {
-        () = server.serve(service) => {}
-        () = closed.cancelled() => {}
+    let (server_input, to_server) = tokio::io::simplex(PIPE_BYTES);
+    let (from_server, server_output) = tokio::io::simplex(PIPE_BYTES);
+    let (answers, answers_rx) = tokio::sync::mpsc::channel(16);
+    let server = Server::new(server_input, server_output, socket).concurrency_level(concurrency);
+    let mut serve = Box::pin(server.serve(service));
+    let reader = framing::read_frames(read, to_server, limits, answers);
+    let mut writer = Box::pin(framing::write_frames(from_server, write, answers_rx));
+    tokio::pin!(reader);
+    let drain = tokio::select! {
+        () = &mut serve => true,
+        () = closed.cancelled() => true,
+        end = &mut reader => {
+            if let framing::ReadEnd::Disconnected(Some(err)) = end {
+                tracing::debug!("the connection broke: {err}");
+            }
+            false
+        }
+        () = &mut writer => false,
+    };
+    // Dropping the server drops every request still running, and the session.
+    closed.cancel();
+    drop(serve);
+    if drain {
+        // The client is still there: let the last answers (a refusal) reach it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
 }
 

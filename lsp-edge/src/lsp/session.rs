@@ -343,7 +343,7 @@ impl Session {
         budget: Option<Duration>,
     ) -> std::result::Result<(String, Cursor), RequestError> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("request", method, id, uri = uri.as_str());
+        let span = tracing::info_span!("request", method, id, uri = %super::framing::shorten(uri.as_str(), 200));
         async {
             let started = Instant::now();
             let deadline = budget.map(|budget| started + budget);
@@ -575,13 +575,19 @@ async fn report_model_load(
                 "cerebrum-model-load-{}",
                 NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
             ));
-            let created = client
-                .send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
+            // Never wait for the editor's answer past the first token (see
+            // `code_action::report_progress`).
+            let create =
+                client.send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
                     token: token.clone(),
-                })
-                .await;
-            if created.is_err() {
-                return;
+                });
+            tokio::select! {
+                created = create => {
+                    if created.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut first_token => return,
             }
             progress = Some(
                 client

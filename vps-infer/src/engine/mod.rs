@@ -5,6 +5,7 @@
 //! a tokio channel. Dropping that receiver (a client went away) cancels the job within
 //! one token.
 
+pub mod gguf;
 pub mod prompt;
 pub mod reuse;
 pub mod text;
@@ -127,8 +128,12 @@ pub(crate) struct Shared {
     pub idle_unload: Duration,
     /// Jobs submitted and not yet taken by the engine thread.
     pub queued: AtomicUsize,
-    /// Set on shutdown: the job in progress stops at its next token.
+    /// Set on shutdown: the job in progress stops at its next token, a model load
+    /// at its next progress report.
     pub stopping: AtomicBool,
+    /// Models whose file failed [`gguf::check`], with the reason; checked again
+    /// when asked for, so a replaced file is taken without a restart.
+    pub bad_files: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -165,7 +170,23 @@ impl Engine {
             idle_unload: config.idle_unload,
             queued: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            bad_files: Mutex::new(BTreeMap::new()),
         });
+        // A corrupt file is reported now, in `/health`, not at the first request.
+        let mut first_problem = None;
+        for (name, model) in &config.models {
+            if let Err(err) = gguf::check(&model.path) {
+                let message = format!("model {name:?} cannot be loaded: {err}");
+                tracing::error!("{message}");
+                if *name == config.default_model || first_problem.is_none() {
+                    first_problem = Some(message.clone());
+                }
+                if let Ok(mut bad) = shared.bad_files.lock() {
+                    bad.insert(name.clone(), message);
+                }
+            }
+        }
+        shared.set_status(|s| s.last_load_error = first_problem);
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let worker_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -214,6 +235,7 @@ impl Engine {
                 request.model
             )));
         }
+        self.check_file(&request.model)?;
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.queue_size {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -235,6 +257,34 @@ impl Engine {
             return Err(ApiError::Server("the inference engine has stopped".into()));
         }
         Ok(rx)
+    }
+
+    /// Refuses a model whose file failed its check at start, unless it passes now.
+    fn check_file(&self, model: &str) -> Result<(), ApiError> {
+        let known_bad = self
+            .shared
+            .bad_files
+            .lock()
+            .map(|bad| bad.contains_key(model))
+            .unwrap_or(false);
+        if !known_bad {
+            return Ok(());
+        }
+        let path = &self.shared.models[model].path;
+        match gguf::check(path) {
+            Ok(_) => {
+                tracing::info!(model, "the model file passes its check now");
+                if let Ok(mut bad) = self.shared.bad_files.lock() {
+                    bad.remove(model);
+                }
+                self.shared.set_status(|s| s.last_load_error = None);
+                Ok(())
+            }
+            Err(err) => Err(ApiError::unavailable(
+                format!("model {model:?} cannot be loaded: {err}"),
+                30,
+            )),
+        }
     }
 
     /// Stops the engine thread and waits for it: the job in progress ends at its next

@@ -148,7 +148,7 @@ impl Job {
 
 fn load(
     backend: &LlamaBackend,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     name: &str,
     config: &ModelConfig,
 ) -> Result<LlamaModel, ApiError> {
@@ -161,7 +161,12 @@ fn load(
     shared.set_status(|s| s.loading = Some(name.to_string()));
     let started = Instant::now();
     tracing::info!(model = %name, path = %config.path.display(), "loading model");
-    let result = LlamaModel::load_from_file(backend, &config.path, &LlamaModelParams::default());
+    // A load takes seconds: llama.cpp reports progress, and answering `false` ends
+    // it early when the server is stopping.
+    let stopping = shared.clone();
+    let params = LlamaModelParams::default()
+        .with_progress_callback(move |_| !stopping.stopping.load(Ordering::Relaxed));
+    let result = LlamaModel::load_from_file(backend, &config.path, &params);
     let elapsed = started.elapsed();
     match result {
         Ok(model) => {
