@@ -108,15 +108,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     if args.fidelity > 0 {
-        fidelity(
-            &config,
-            &engine,
-            &model,
-            fim,
-            args.fidelity,
-            args.max_tokens,
-        )
-        .await?;
+        fidelity(&engine, &model, fim, args.fidelity, args.max_tokens).await?;
     }
     tokio::task::spawn_blocking(move || engine.stop()).await?;
     Ok(())
