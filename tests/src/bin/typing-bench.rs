@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -104,6 +105,9 @@ struct Args {
     /// Repeats of the identical request for the floor.
     #[arg(long, default_value_t = 7)]
     floor_repeats: usize,
+    /// Also write the JSON results to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// One line per keystroke on stderr.
     #[arg(long)]
     verbose: bool,
@@ -166,6 +170,7 @@ fn main() -> Result<()> {
     let model = model_path(&args.model);
     let load_before = load_average();
 
+    stop_on_signal()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -199,11 +204,66 @@ fn main() -> Result<()> {
         runs: &runs,
         load: (load_before, load_average()),
     };
+    let json = serde_json::to_string_pretty(&report.json())?;
+    if let Some(path) = &args.save {
+        std::fs::write(path, &json).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.json())?);
+        println!("{json}");
     } else {
         print!("{}", report.table());
     }
+    Ok(())
+}
+
+/// Services running now, stopped by [`stop_on_signal`] when the bench is interrupted
+/// (dropping them stops them otherwise).
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn started(service: &Service) {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(service.pid());
+}
+
+fn stopped(service: &Service) {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&pid| pid != service.pid());
+}
+
+/// On SIGINT or SIGTERM, stops the services that are running and exits: a signal ends
+/// the process without unwinding, so the services' `Drop` would not run and they would
+/// outlive the bench.
+fn stop_on_signal() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut interrupt), Ok(mut terminate)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            let pids = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for pid in pids {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            progress("interrupted; services stopped");
+            std::process::exit(130);
+        });
+    });
     Ok(())
 }
 
@@ -264,8 +324,10 @@ fn run_cerebrum(
         .env("CEREBRUM_GUARD_MIN_FREE_MEMORY_MB", "0")
         .env("RUST_LOG", "info");
     let mut infer = Service::spawn("vps-infer", cmd, addr);
+    started(&infer);
     let infer_url = format!("http://{addr}");
     let mut edge = LspEdge::start(&infer_url, TEST_API_KEY, EDGE_CONFIG, &[]);
+    started(&edge.service);
     let result = play_cerebrum(args, session, runtime, http, &infer_url, &edge);
     if let Err(err) = &result {
         eprintln!(
@@ -275,7 +337,9 @@ fn run_cerebrum(
         );
     }
     edge.service.terminate(Duration::from_secs(10));
+    stopped(&edge.service);
     infer.terminate(Duration::from_secs(10));
+    stopped(&infer);
     result
 }
 
@@ -468,6 +532,7 @@ fn run_llama_server(
         .args(["-np", "1", "--cache-reuse", "256"])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()]);
     let mut service = Service::spawn("llama-server", cmd, addr);
+    started(&service);
     let url = format!("http://{addr}");
     let result = runtime
         .block_on(wait_healthy(http, &url))
@@ -479,6 +544,7 @@ fn run_llama_server(
         );
     }
     service.terminate(Duration::from_secs(10));
+    stopped(&service);
     result
 }
 
