@@ -4,6 +4,7 @@
 //! It knows nothing of editors or LSP: prompts arrive already assembled by lsp-edge.
 
 pub mod bench;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod error;

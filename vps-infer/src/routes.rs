@@ -46,9 +46,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/models", get(models))
         .route("/v1/cleanup", post(cleanup))
+        .merge(crate::compat::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
+        .route("/v1/health", get(health))
         .merge(protected)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -265,6 +267,32 @@ async fn inference(
     let (request, stream) = body
         .and_then(|ApiJson(body)| body.validate(app.engine.default_model()))
         .inspect_err(|_| Stats::add(&app.stats.rejected_invalid, 1))?;
+    let (events, _) = start_generation(&app, request).await?;
+    if stream {
+        Ok(Sse::new(sse_stream(events, app.shutdown.clone()))
+            .keep_alive(KeepAlive::default())
+            .into_response())
+    } else {
+        let outcome = engine::collect(events).await?;
+        Ok(Json(outcome).into_response())
+    }
+}
+
+/// What the engine reported when it took a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+/// Checks the guards, queues `request` and waits until the engine takes it; every route
+/// that generates goes through here, so they share guards, queue and statistics.
+/// Errors found before the first token (context too long, no FIM tokens, model failed
+/// to load) are answered with their status code, not inside a stream.
+pub async fn start_generation(
+    app: &AppState,
+    request: GenerateRequest,
+) -> Result<(mpsc::Receiver<Event>, Started), ApiError> {
     if let Err((why, error)) = app.guard.check() {
         let counter = match why {
             Refusal::Cpu => &app.stats.rejected_cpu,
@@ -274,25 +302,22 @@ async fn inference(
         return Err(error);
     }
     let mut events = app.engine.generate(request)?;
-    // Errors found before the first token (context too long, no FIM tokens, model
-    // failed to load) are answered with their status code, not inside a stream.
     match events.recv().await {
-        Some(Event::Started { .. }) => {}
-        Some(Event::Error(e)) => return Err(e),
-        Some(other) => {
-            return Err(ApiError::Server(format!(
-                "engine answered {other:?} before starting"
-            )))
-        }
-        None => return Err(ApiError::Server("the engine dropped the request".into())),
-    }
-    if stream {
-        Ok(Sse::new(sse_stream(events, app.shutdown.clone()))
-            .keep_alive(KeepAlive::default())
-            .into_response())
-    } else {
-        let outcome = engine::collect(events).await?;
-        Ok(Json(outcome).into_response())
+        Some(Event::Started {
+            prompt_tokens,
+            cached_tokens,
+        }) => Ok((
+            events,
+            Started {
+                prompt_tokens,
+                cached_tokens,
+            },
+        )),
+        Some(Event::Error(e)) => Err(e),
+        Some(other) => Err(ApiError::Server(format!(
+            "engine answered {other:?} before starting"
+        ))),
+        None => Err(ApiError::Server("the engine dropped the request".into())),
     }
 }
 
@@ -368,8 +393,14 @@ async fn stats(State(app): State<AppState>) -> Json<crate::stats::StatsSnapshot>
     ))
 }
 
+/// OpenAI's list shape (`object`, `data[].id`) with our fields added to each entry, and
+/// our own `models` list beside it: one answer serves OpenAI clients and ours.
 async fn models(State(app): State<AppState>) -> Json<serde_json::Value> {
     let loaded = app.engine.status().loaded;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let models: Vec<_> = app
         .engine
         .models()
@@ -385,7 +416,22 @@ async fn models(State(app): State<AppState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!({ "models": models }))
+    let data: Vec<_> = models
+        .iter()
+        .map(|m| {
+            let mut entry = json!({
+                "id": m["name"],
+                "object": "model",
+                "created": created,
+                "owned_by": "vps-infer",
+            });
+            if let (Some(entry), Some(ours)) = (entry.as_object_mut(), m.as_object()) {
+                entry.extend(ours.clone());
+            }
+            entry
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data, "models": models }))
 }
 
 async fn cleanup(State(app): State<AppState>) -> Result<Response, ApiError> {

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod prompt;
 pub mod reuse;
 pub mod text;
+pub mod tokenize;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -100,6 +101,8 @@ pub(crate) struct Job {
 pub(crate) enum Command {
     Generate(Job),
     Unload(oneshot::Sender<UnloadReport>),
+    /// A question about a model's vocabulary (`tokenize.rs`).
+    Vocab(tokenize::VocabJob),
     /// Stop decoding, free the model and end the thread.
     Stop,
 }

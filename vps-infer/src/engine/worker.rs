@@ -27,6 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::prompt::{self, FimTokens};
 use super::reuse::{self, Plan, Run};
 use super::text::{StopMatcher, Utf8Stream};
+use super::tokenize;
 use super::{since, Command, Event, Job, Outcome, Shared, StopReason, UnloadReport};
 use crate::config::ModelConfig;
 use crate::error::ApiError;
@@ -62,6 +63,10 @@ pub(crate) fn run(
                 continue;
             }
             Command::Stop => return,
+            Command::Vocab(job) => {
+                tokenize::answer_unloaded(&backend, &shared, job);
+                continue;
+            }
             Command::Generate(job) => job,
         };
         let name = job.request.model.clone();
@@ -109,6 +114,8 @@ pub(crate) fn run(
                     pending = Some(Command::Generate(job));
                     break None;
                 }
+                Command::Vocab(job) if job.model == name => tokenize::answer(&model, job),
+                Command::Vocab(job) => tokenize::answer_unloaded(&backend, &shared, job),
                 Command::Unload(reply) => break Some(reply),
                 // Session and model are dropped on the way out, in that order.
                 Command::Stop => return,
