@@ -245,6 +245,9 @@ fn eligible_lines(engine: &ContextEngine, language: Language, text: &str) -> Vec
     out
 }
 
+/// A file's text and its eligible lines.
+type Holes = (String, Vec<(usize, usize)>);
+
 /// Draws `count` cases from the sources; fewer when the sources hold fewer holes.
 pub fn make_cases(
     engine: &ContextEngine,
@@ -266,8 +269,7 @@ pub fn make_cases(
     let mut rng = Rng(seed);
     let mut used = HashSet::new();
     // Eligible lines per file, computed on first draw.
-    let mut lines: BTreeMap<(usize, usize), Option<(String, Vec<(usize, usize)>)>> =
-        BTreeMap::new();
+    let mut lines: BTreeMap<(usize, usize), Option<Holes>> = BTreeMap::new();
     let mut cases = Vec::new();
     let mut attempts = 0;
     while cases.len() < count && attempts < count * 50 + 100 {
@@ -835,9 +837,9 @@ mod tests {
         std::fs::write(src.join("m.py"), &body).unwrap();
         std::fs::write(src.join("small.py"), "x = 1\n").unwrap();
         let engine = ContextEngine::new(EngineConfig::default()).unwrap();
-        let a = make_cases(&engine, &[src.clone()], 7, 5).unwrap();
-        let b = make_cases(&engine, &[src.clone()], 7, 5).unwrap();
-        let c = make_cases(&engine, &[src.clone()], 8, 5).unwrap();
+        let a = make_cases(&engine, std::slice::from_ref(&src), 7, 5).unwrap();
+        let b = make_cases(&engine, std::slice::from_ref(&src), 7, 5).unwrap();
+        let c = make_cases(&engine, std::slice::from_ref(&src), 8, 5).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let key = |cases: &[Case]| cases.iter().map(|c| c.line).collect::<Vec<_>>();
         assert_eq!(a.len(), 5);
@@ -856,5 +858,59 @@ mod tests {
                 body
             );
         }
+    }
+
+    #[test]
+    fn scores_count_errors_as_misses_and_the_table_names_every_variant() {
+        let case = |id: usize, language: &'static str| Case {
+            id,
+            path: format!("p{id}.py"),
+            language,
+            line: 1,
+            expected: "x = 1".into(),
+            prompt: String::new(),
+            suffix: String::new(),
+        };
+        let outcome = |exact: bool, tokens: u64| Outcome {
+            text: if exact { "x = 1".into() } else { "y".into() },
+            exact,
+            similarity: if exact { 1.0 } else { 0.0 },
+            prompt_tokens: tokens,
+            cached_tokens: 0,
+            ms: 10.0,
+            chunks: 1,
+            error: None,
+        };
+        let results = vec![
+            CaseResult {
+                case: case(0, "python"),
+                outcomes: BTreeMap::from([("a".to_owned(), outcome(true, 100))]),
+            },
+            CaseResult {
+                case: case(1, "rust"),
+                outcomes: BTreeMap::from([(
+                    "a".to_owned(),
+                    failed(&anyhow::anyhow!("backend down")),
+                )]),
+            },
+        ];
+        let score = score("a", &results);
+        assert_eq!((score.cases, score.errors), (2, 1));
+        assert_eq!(score.exact_match, 0.5);
+        // Tokens and time average over the cases that ran.
+        assert_eq!(score.mean_prompt_tokens, 100.0);
+        assert_eq!(score.by_language["python"].exact_match, 1.0);
+        assert_eq!(score.by_language["rust"].exact_match, 0.0);
+        let report = Report {
+            seed: 1,
+            count: 2,
+            sources: Vec::new(),
+            model: None,
+            scores: vec![score],
+            cases: results,
+        };
+        let table = render_table(&report);
+        assert!(table.contains("\na "), "{table}");
+        assert!(table.contains("0.500"), "{table}");
     }
 }
