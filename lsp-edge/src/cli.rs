@@ -32,6 +32,9 @@ pub enum Command {
     Context(ContextArgs),
     /// Stream a completion of a file (or stdin) to the terminal, for scripts.
     Complete(crate::complete_cmd::CompleteArgs),
+    /// Measure completion quality on fill-in-the-middle holes drawn from source
+    /// trees, beside plain windows of text (needs a running vps-infer).
+    Eval(crate::eval::EvalArgs),
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@
 //! client), [`breaker`] (its circuit breaker), [`limiter`] (generations in flight),
 //! [`completion`] (one generation, protocol-free) and [`trim`] (cutting an answer to
 //! size) know nothing of LSP and serve any front end; [`lsp`] is the language
-//! server; [`connect`] the stdio-to-TCP bridge; [`edge`] the state they share.
+//! server; [`connect`] the stdio-to-TCP bridge; [`eval`] the quality evaluation; [`edge`] the state they share.
 
 pub mod backend;
 pub mod breaker;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod connect;
 pub mod context_cmd;
 pub mod edge;
+pub mod eval;
 pub mod http;
 pub mod limiter;
 pub mod lsp;

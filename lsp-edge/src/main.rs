@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The bridge stays quiet unless asked: its stderr often lands in an editor's log.
     let default_filter = match cli.command {
-        Command::Connect(_) | Command::Complete(_) => "warn",
+        Command::Connect(_) | Command::Complete(_) | Command::Eval(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         Command::Connect(args) => run(async move { Ok(lsp_edge::connect::run(&args.addr).await?) }),
         Command::Context(args) => lsp_edge::context_cmd::run(args),
         Command::Complete(args) => run(lsp_edge::complete_cmd::run(args)),
+        Command::Eval(args) => run(lsp_edge::eval::run(args)),
     }
 }
 

@@ -40,6 +40,20 @@ pub struct EngineConfig {
     /// Lines around the cursor whose identifiers form the ranking query when there
     /// is no instruction.
     pub cursor_context_lines: usize,
+    /// The prefix window reaches back to the start of the definition that holds
+    /// the cursor when that adds at most this many characters (0: never), so the
+    /// model sees the function it is completing whole.
+    pub enclosing_max_chars: usize,
+    /// Selected chunks go at the head of the prefix, in document order, as the
+    /// file's own text, instead of as separate `<|file_sep|>` files.
+    pub chunks_in_prefix: bool,
+    /// Added to a chunk's score for nearness to the cursor (FIM only):
+    /// `proximity_weight * 20 / (20 + lines between the chunk and the windows)`.
+    pub proximity_weight: f32,
+    /// Added to the score of the chunks that frame the definition holding the
+    /// cursor (FIM only): its class or impl's own lines, and the constructor
+    /// (`__init__`, `new`) beside it.
+    pub frame_boost: f32,
     /// A directory with `<language>/chunks.scm` files that replace the built-in
     /// queries; languages without a file there keep the built-in one.
     pub queries_dir: Option<PathBuf>,
@@ -62,6 +76,10 @@ impl Default for EngineConfig {
             fallback_overlap_chars: 150,
             max_error_fraction: 0.5,
             cursor_context_lines: 8,
+            enclosing_max_chars: 0,
+            chunks_in_prefix: false,
+            proximity_weight: 0.0,
+            frame_boost: 0.0,
             queries_dir: None,
         }
     }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::chunk::{chunk_text, Chunk, LineIndex};
+use crate::chunk::{chunk_text, Chunk, ChunkKind, LineIndex};
 use crate::dedup::fingerprint;
 use crate::document::floor_char_boundary;
 use crate::prompt::{instruction_prompt, windows};
@@ -304,6 +304,22 @@ impl Request<'_> {
             })
     }
 
+    /// Lines between a chunk and the windows (0 when they touch).
+    fn lines_between(&self, chunk: &Chunk, window: &Range<usize>) -> usize {
+        let lines = self.lines;
+        if chunk.range.end <= window.start {
+            lines
+                .line_of(window.start)
+                .saturating_sub(lines.line_of(chunk.range.end.saturating_sub(1)) + 1)
+        } else if chunk.range.start >= window.end {
+            lines
+                .line_of(chunk.range.start)
+                .saturating_sub(lines.line_of(window.end.saturating_sub(1)) + 1)
+        } else {
+            0
+        }
+    }
+
     fn distance(&self, chunk: &Chunk) -> usize {
         if chunk.range.contains(&self.cursor) {
             0
@@ -391,6 +407,7 @@ impl Request<'_> {
         candidates: Vec<Chunk>,
         query: &[Term],
         window: Option<&Range<usize>>,
+        frame: Option<&str>,
     ) -> Vec<Chunk> {
         let config = self.config();
         let index = Bm25::new(candidates.iter().map(|c| c.text(self.text)));
@@ -414,6 +431,15 @@ impl Request<'_> {
             }
             if *score > 0.0 && sticky.contains(&fingerprint(chunk.text(self.text))) {
                 *score += STICKY_BOOST;
+            }
+            if let Some(window) = window {
+                if config.proximity_weight > 0.0 {
+                    let lines = self.lines_between(chunk, window) as f32;
+                    *score += config.proximity_weight * 20.0 / (20.0 + lines);
+                }
+                if config.frame_boost > 0.0 && frame.is_some_and(|f| frames(f, &chunk.symbol)) {
+                    *score += config.frame_boost;
+                }
             }
         }
         let mut order: Vec<usize> = (0..candidates.len()).collect();
@@ -467,11 +493,25 @@ impl Request<'_> {
         if !self.chunk {
             return whole(stats);
         }
-        let (prefix, suffix) = windows(text, self.lines, self.cursor, self.config());
+        let config = self.config();
+        let chunks = self.chunks();
+        let (mut prefix, suffix) = windows(text, self.lines, self.cursor, config);
+        let enclosing = chunks
+            .iter()
+            .find(|chunk| self.encloses_cursor(chunk) && chunk.kind == ChunkKind::Definition);
+        if let Some(enclosing) = enclosing {
+            let start = enclosing.range.start;
+            if config.enclosing_max_chars > 0
+                && start < prefix.start
+                && text[start..prefix.start].chars().count() <= config.enclosing_max_chars
+            {
+                prefix.start = start;
+            }
+        }
+        let frame = enclosing.map(|chunk| chunk.symbol.clone());
         let window = prefix.start..suffix.end;
         let overlaps =
             |chunk: &Chunk| chunk.range.start < window.end && window.start < chunk.range.end;
-        let chunks = self.chunks();
         // Chunks inside the windows are already sent; so is any copy of them.
         let seen: HashSet<u64> = chunks
             .iter()
@@ -490,28 +530,43 @@ impl Request<'_> {
         for part in self.cursor_region(Some(&window)) {
             terms(part, &mut query);
         }
-        let selected = self.select(candidates, &query, Some(&window));
+        let selected = self.select(candidates, &query, Some(&window), frame.as_deref());
         self.doc.set_picks(
             selected
                 .iter()
                 .map(|chunk| fingerprint(chunk.text(text)))
                 .collect(),
         );
-        let extra = self.extra(&selected);
-        let after = text[prefix.clone()].chars().count()
+        let (prefix_text, extra) = if config.chunks_in_prefix && !selected.is_empty() {
+            // The chunks read as the file's own text above the window, with a blank
+            // line wherever text was left out.
+            let mut head = join_chunks(text, &selected);
+            let adjacent = selected.last().is_some_and(|c| c.range.end == prefix.start);
+            if !adjacent {
+                if !head.ends_with('\n') {
+                    head.push('\n');
+                }
+                head.push('\n');
+            }
+            head.push_str(&text[prefix.clone()]);
+            (head, Vec::new())
+        } else {
+            (text[prefix.clone()].to_owned(), self.extra(&selected))
+        };
+        let after = prefix_text.chars().count()
             + text[suffix.clone()].chars().count()
             + extra
                 .iter()
                 .map(|c| c.label.chars().count() + 1 + c.text.chars().count())
                 .sum::<usize>();
-        if after as f32 >= (1.0 - self.config().min_saving) * text_chars as f32 {
+        if after as f32 >= (1.0 - config.min_saving) * text_chars as f32 {
             return whole(stats);
         }
-        stats.chunks_selected = extra.len();
+        stats.chunks_selected = selected.len();
         stats.set_chars(text_chars, after);
         Context {
             mode: Mode::Fim,
-            prefix: text[prefix].to_owned(),
+            prefix: prefix_text,
             suffix: text[suffix].to_owned(),
             extra,
             prompt: None,
@@ -535,7 +590,7 @@ impl Request<'_> {
             stats.chunks_unique = unique;
             let mut query = Vec::new();
             terms(instruction, &mut query);
-            selected = self.select(chunks, &query, None);
+            selected = self.select(chunks, &query, None, None);
             let joined = join_chunks(text, &selected);
             if (joined.chars().count() as f32)
                 < (1.0 - self.config().min_saving) * text_chars as f32
@@ -561,6 +616,20 @@ impl Request<'_> {
             stats,
         }
     }
+}
+
+/// Whether `symbol` frames the definition `enclosing` (`A::B::m`): it is the
+/// enclosing class or impl's own text (`A::B`) or its constructor
+/// (`A::B::__init__`, `A::B::new`).
+fn frames(enclosing: &str, symbol: &str) -> bool {
+    let Some((parent, _)) = enclosing.rsplit_once("::") else {
+        return false;
+    };
+    symbol == parent
+        || symbol
+            .strip_prefix(parent)
+            .and_then(|rest| rest.strip_prefix("::"))
+            .is_some_and(|name| name == "__init__" || name == "new")
 }
 
 /// Selected chunks as one piece of code: adjacent chunks run on, separate ones

@@ -663,3 +663,46 @@ fn kept_documents_give_the_same_context_as_fresh_parses() {
         assert_eq!(a, b);
     }
 }
+
+/// The quality levers (off by default): the enclosing definition whole, its frame
+/// (class lines and constructor) first, and chunks folded into the prefix.
+#[test]
+fn fim_levers_reach_the_enclosing_definition_and_its_frame() {
+    let fixture = PYTHON_CLIENT.replace(
+        "return len(self.buffer)\n\n    @property",
+        "return len($0self.buffer)\n\n    @property",
+    );
+    let (text, cursor) = cursor(&fixture);
+    let plain = ContextEngine::new(small_config()).unwrap();
+    let ctx = plain.context_for_text(Language::Python, &text, cursor, &ContextOptions::default());
+    assert!(!ctx.prefix.contains("async def send"), "{}", ctx.prefix);
+
+    let config = EngineConfig {
+        enclosing_max_chars: 1_000,
+        frame_boost: 50.0,
+        ..small_config()
+    };
+    let engine = ContextEngine::new(config.clone()).unwrap();
+    let ctx = engine.context_for_text(Language::Python, &text, cursor, &ContextOptions::default());
+    assert!(
+        ctx.prefix.starts_with("    async def send(self, data):"),
+        "{}",
+        ctx.prefix
+    );
+    let labels: Vec<&str> = ctx.extra.iter().map(|c| c.label.as_str()).collect();
+    assert!(labels.contains(&"Client::__init__"), "{labels:?}");
+
+    let folded = ContextEngine::new(EngineConfig {
+        chunks_in_prefix: true,
+        ..config
+    })
+    .unwrap();
+    let folded =
+        folded.context_for_text(Language::Python, &text, cursor, &ContextOptions::default());
+    assert!(folded.extra.is_empty());
+    assert_eq!(folded.stats.chunks_selected, ctx.extra.len());
+    for chunk in &ctx.extra {
+        assert!(folded.prefix.contains(&chunk.text), "{}", chunk.label);
+    }
+    assert!(folded.prefix.ends_with(&ctx.prefix));
+}

@@ -1,0 +1,919 @@
+//! `lsp-edge eval`: measures completion quality on single-line fill-in-the-middle
+//! holes made from real source trees, through the same completer that
+//! `POST /v1/complete` and `lsp-edge complete` use, against a running vps-infer, and
+//! beside plain windows of text around the cursor (no chunks) in the same run.
+//!
+//! The hole convention: a case removes the code of one line, from the end of its
+//! indentation to the end of the line. The prompt is the file up to the cursor
+//! (indentation included), the suffix is the rest of the file from the line's end
+//! (its newline first). The answer is the first line of what the model generates,
+//! with trailing whitespace trimmed; it scores an exact match when it equals the
+//! removed code with trailing whitespace trimmed, and an edit similarity of
+//! `1 - levenshtein / max(chars)`. Generation is greedy and stops at the first
+//! newline, which changes nothing about the first line and saves decoding.
+//!
+//! Cases are deterministic for a seed and the same trees: files are listed in sorted
+//! order, case `i` draws from source `i mod sources` (so each `--source` weighs
+//! the same), a file uniformly, then an eligible line uniformly. Eligible lines hold
+//! code: not blank, not inside a comment or a string that began on an earlier line,
+//! not a docstring, not only closing brackets, at most [`MAX_LINE_CHARS`] long.
+//! Eligible files are `.py` and `.rs` files of [`MIN_FILE_BYTES`] to
+//! [`MAX_FILE_BYTES`] that parse without errors.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use cerebrum_context::{ContextEngine, EngineConfig, Language};
+use serde::Serialize;
+
+use crate::backend::{InferenceRequest, StreamEvent};
+use crate::config::{Config, Overrides};
+use crate::edge::Edge;
+use crate::http::stats::HttpStats;
+use crate::http::{Completer, CompletionRequest};
+
+/// Files smaller than this are left out: the engine sends them whole, so they say
+/// nothing about context selection.
+pub const MIN_FILE_BYTES: u64 = 2_000;
+/// Files larger than this are left out (generated tables, vendored bundles).
+pub const MAX_FILE_BYTES: u64 = 64_000;
+/// Lines longer than this are not holes (data, not code anyone types).
+pub const MAX_LINE_CHARS: usize = 150;
+/// A file with a line longer than this is generated or minified and left out.
+const MAX_FILE_LINE_CHARS: usize = 400;
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A source tree to draw holes from (repeatable; each weighs the same).
+    #[arg(long = "source", required = true)]
+    pub sources: Vec<PathBuf>,
+    /// Seed of the case draw.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of cases.
+    #[arg(long, default_value_t = 60)]
+    pub count: usize,
+    /// A plain window of BEFORE characters before the cursor and AFTER after it (whole
+    /// lines, no chunks), sent as fill-in-the-middle in the same run; AFTER defaults
+    /// to BEFORE / 3. Repeatable.
+    #[arg(long = "baseline-chars", value_name = "BEFORE[:AFTER]")]
+    pub baselines: Vec<String>,
+    /// Another engine configuration to compare in the same run: NAME=FILE, FILE a
+    /// TOML file like `serve`'s (its `[context]` section matters). Repeatable.
+    #[arg(long = "variant", value_name = "NAME=FILE")]
+    pub variants: Vec<String>,
+    /// Leave out the engine with the main configuration (compare variants only).
+    #[arg(long)]
+    pub no_engine: bool,
+    /// The model to ask for (default: vps-infer's default model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Most tokens per answer (generation also stops at the first newline).
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: u32,
+    /// TOML configuration file (the same as `serve`'s).
+    #[arg(long, env = "CEREBRUM_LSP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// vps-infer's base URL (default http://127.0.0.1:9000); the key comes from
+    /// CEREBRUM_API_KEY.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Print the cases and stop (no backend needed).
+    #[arg(long)]
+    pub list: bool,
+    /// Print the results as JSON (with every case) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Report each case on stderr as it finishes.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// One hole.
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub id: usize,
+    /// Path relative to the source tree's parent (`requests/sessions.py`).
+    pub path: String,
+    pub language: &'static str,
+    /// 1-based line of the hole.
+    pub line: usize,
+    /// The removed code, trailing whitespace trimmed.
+    pub expected: String,
+    #[serde(skip)]
+    pub prompt: String,
+    #[serde(skip)]
+    pub suffix: String,
+}
+
+/// A file that can hold holes.
+struct SourceFile {
+    path: PathBuf,
+    label: String,
+}
+
+/// SplitMix64: tiny, fixed, and the same on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const SKIPPED_DIRS: [&str; 4] = ["__pycache__", "node_modules", "target", "site-packages"];
+
+/// The `.py` and `.rs` files under `root` within the size limits, sorted.
+fn list_files(root: &Path) -> anyhow::Result<Vec<SourceFile>> {
+    let base = root.parent().unwrap_or(root);
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read source directory {}", dir.display()))?;
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if kind.is_dir() {
+                if !SKIPPED_DIRS.contains(&name.as_ref()) {
+                    stack.push(path);
+                }
+            } else if kind.is_file() && (name.ends_with(".py") || name.ends_with(".rs")) {
+                let size = entry.metadata().map_or(0, |meta| meta.len());
+                if (MIN_FILE_BYTES..=MAX_FILE_BYTES).contains(&size) {
+                    let label = path
+                        .strip_prefix(base)
+                        .unwrap_or(&path)
+                        .to_string_lossy()
+                        .into_owned();
+                    out.push(SourceFile { path, label });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.label.cmp(&b.label));
+    Ok(out)
+}
+
+fn is_comment_or_string(kind: &str) -> bool {
+    kind.contains("comment")
+        || kind.contains("string")
+        || kind == "escape_sequence"
+        || kind == "interpolation"
+}
+
+/// The byte offsets of the lines of `text` that can hold a hole: (cursor, line end
+/// without its newline).
+fn eligible_lines(engine: &ContextEngine, language: Language, text: &str) -> Vec<(usize, usize)> {
+    if text
+        .lines()
+        .any(|line| line.chars().count() > MAX_FILE_LINE_CHARS)
+    {
+        return Vec::new();
+    }
+    let doc = engine.parse(language, text.to_owned());
+    let Some(tree) = doc.tree() else {
+        return Vec::new();
+    };
+    let root = tree.root_node();
+    if root.has_error() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let line_start = start;
+        start += line.len();
+        let content = line.trim_end();
+        let code = content.trim_start();
+        if code.is_empty() || code.chars().count() > MAX_LINE_CHARS {
+            continue;
+        }
+        if code.chars().all(|c| ")]};,".contains(c)) {
+            continue;
+        }
+        let cursor = line_start + (content.len() - code.len());
+        let end = line_start + content.len();
+        let Some(node) = root.descendant_for_byte_range(cursor, cursor + 1) else {
+            continue;
+        };
+        let mut inside = false;
+        let mut current = Some(node);
+        while let Some(n) = current {
+            let kind = n.kind();
+            if kind.contains("comment") {
+                inside = true;
+                break;
+            }
+            if is_comment_or_string(kind) {
+                // A string that began on an earlier line is prose or data; one that
+                // stands alone as a statement is a docstring.
+                let alone = n.parent().is_some_and(|p| {
+                    p.kind() == "expression_statement" && p.named_child_count() == 1
+                });
+                if n.start_byte() < line_start || (language == Language::Python && alone) {
+                    inside = true;
+                    break;
+                }
+            }
+            current = n.parent();
+        }
+        if !inside {
+            out.push((cursor, end));
+        }
+    }
+    out
+}
+
+/// A file's text and its eligible lines.
+type Holes = (String, Vec<(usize, usize)>);
+
+/// Draws `count` cases from the sources; fewer when the sources hold fewer holes.
+pub fn make_cases(
+    engine: &ContextEngine,
+    sources: &[PathBuf],
+    seed: u64,
+    count: usize,
+) -> anyhow::Result<Vec<Case>> {
+    let mut trees = Vec::new();
+    for source in sources {
+        let files = list_files(source)?;
+        if files.is_empty() {
+            anyhow::bail!(
+                "{} holds no .py or .rs file of {MIN_FILE_BYTES} to {MAX_FILE_BYTES} bytes",
+                source.display()
+            );
+        }
+        trees.push(files);
+    }
+    let mut rng = Rng(seed);
+    let mut used = HashSet::new();
+    // Eligible lines per file, computed on first draw.
+    let mut lines: BTreeMap<(usize, usize), Option<Holes>> = BTreeMap::new();
+    let mut cases = Vec::new();
+    let mut attempts = 0;
+    while cases.len() < count && attempts < count * 50 + 100 {
+        attempts += 1;
+        let tree = cases.len() % trees.len();
+        let files = &trees[tree];
+        let index = rng.below(files.len());
+        let file = &files[index];
+        let entry = lines.entry((tree, index)).or_insert_with(|| {
+            let text = std::fs::read_to_string(&file.path).ok()?;
+            let language = Language::from_path(&file.path);
+            let eligible = eligible_lines(engine, language, &text);
+            (!eligible.is_empty()).then_some((text, eligible))
+        });
+        let Some((text, eligible)) = entry else {
+            continue;
+        };
+        let (cursor, end) = eligible[rng.below(eligible.len())];
+        if !used.insert((tree, index, cursor)) {
+            continue;
+        }
+        let language = Language::from_path(&file.path);
+        cases.push(Case {
+            id: cases.len(),
+            path: file.label.clone(),
+            language: language.name(),
+            line: text[..cursor].matches('\n').count() + 1,
+            expected: text[cursor..end].trim_end().to_owned(),
+            prompt: text[..cursor].to_owned(),
+            suffix: text[end..].to_owned(),
+        });
+    }
+    Ok(cases)
+}
+
+/// The first line of an answer, trailing whitespace trimmed.
+pub fn first_line(text: &str) -> &str {
+    text.split('\n').next().unwrap_or("").trim_end()
+}
+
+/// `1 - levenshtein(a, b) / max(chars)`, over characters; 1 for two empty strings.
+pub fn edit_similarity(a: &str, b: &str) -> f64 {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let longest = a.len().max(b.len());
+    if longest == 0 {
+        return 1.0;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    1.0 - row[b.len()] as f64 / longest as f64
+}
+
+/// Whole lines of at most `before` characters before the cursor and `after` after
+/// it (the cursor's own line always, cut at a character only when it alone is
+/// longer).
+pub fn plain_window(prompt: &str, suffix: &str, before: usize, after: usize) -> (String, String) {
+    let head = prompt.rfind('\n').map_or(0, |i| i + 1);
+    let mut start = head;
+    let mut used = prompt[head..].chars().count();
+    while start > 0 {
+        let previous = prompt[..start - 1].rfind('\n').map_or(0, |i| i + 1);
+        let size = prompt[previous..start].chars().count();
+        if used + size > before {
+            break;
+        }
+        used += size;
+        start = previous;
+    }
+    let mut end = 0;
+    let mut used = 0;
+    for line in suffix.split_inclusive('\n') {
+        let size = line.chars().count();
+        if used + size > after {
+            break;
+        }
+        used += size;
+        end += line.len();
+    }
+    (prompt[start..].to_owned(), suffix[..end].to_owned())
+}
+
+/// What one configuration made of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The first generated line.
+    pub text: String,
+    pub exact: bool,
+    pub similarity: f64,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    /// From the request to the last token, context engine included.
+    pub ms: f64,
+    /// Extra chunks sent (engine only).
+    pub chunks: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+enum Runner {
+    Engine(Completer),
+    Window { before: usize, after: usize },
+}
+
+struct Variant {
+    name: String,
+    runner: Runner,
+}
+
+/// Totals for one configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Score {
+    pub name: String,
+    pub cases: usize,
+    pub errors: usize,
+    pub exact_match: f64,
+    pub edit_similarity: f64,
+    pub mean_prompt_tokens: f64,
+    pub mean_cached_tokens: f64,
+    pub mean_ms: f64,
+    pub mean_chunks: f64,
+    /// The same figures per language.
+    pub by_language: BTreeMap<String, LanguageScore>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LanguageScore {
+    pub cases: usize,
+    pub exact_match: f64,
+    pub edit_similarity: f64,
+    pub mean_prompt_tokens: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    #[serde(flatten)]
+    pub case: Case,
+    pub outcomes: BTreeMap<String, Outcome>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub count: usize,
+    pub sources: Vec<String>,
+    pub model: Option<String>,
+    pub scores: Vec<Score>,
+    pub cases: Vec<CaseResult>,
+}
+
+fn parse_baseline(spec: &str) -> anyhow::Result<(usize, usize)> {
+    let parse = |s: &str| {
+        s.trim().parse::<usize>().with_context(|| {
+            format!("--baseline-chars {spec:?}: expected BEFORE[:AFTER] in characters")
+        })
+    };
+    match spec.split_once(':') {
+        Some((before, after)) => Ok((parse(before)?, parse(after)?)),
+        None => {
+            let before = parse(spec)?;
+            Ok((before, before / 3))
+        }
+    }
+}
+
+fn load_config(file: Option<&Path>, backend: Option<&String>) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        backend_url: backend.cloned(),
+        ..Overrides::default()
+    };
+    let mut config = Config::load(file, |name| std::env::var(name).ok(), &overrides)
+        .context("invalid configuration")?;
+    // A cold prompt on a busy 2-core machine can take longer than an editor would
+    // wait; an evaluation waits.
+    config.backend.first_token_timeout_ms = config.backend.first_token_timeout_ms.max(300_000);
+    config.backend.total_timeout_ms = config.backend.total_timeout_ms.max(600_000);
+    config.breaker.failure_threshold = config.breaker.failure_threshold.max(1_000);
+    Ok(config)
+}
+
+async fn run_engine(
+    completer: &Completer,
+    case: &Case,
+    args: &EvalArgs,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let request = CompletionRequest {
+        prompt: case.prompt.clone(),
+        suffix: Some(case.suffix.clone()),
+        language: Language::from_name(case.language),
+        // No path: each case stands alone (a kept document would carry one case's
+        // chosen chunks into the next case from the same file).
+        path: None,
+        instruction: None,
+        model: args.model.clone(),
+        max_tokens: args.max_tokens,
+        temperature: 0.0,
+        stop: vec!["\n".into()],
+    };
+    let prepared = completer.prepare(request, started).await?;
+    let chunks = prepared.chunking().selected;
+    let summary = completer.start(prepared).await?.collect().await?;
+    let text = first_line(&summary.text).to_owned();
+    Ok(Outcome {
+        exact: text == case.expected,
+        similarity: edit_similarity(&text, &case.expected),
+        text,
+        prompt_tokens: summary.prompt_tokens,
+        cached_tokens: summary.cached_tokens,
+        ms: started.elapsed().as_secs_f64() * 1000.0,
+        chunks,
+        error: None,
+    })
+}
+
+async fn run_window(
+    edge: &Edge,
+    case: &Case,
+    before: usize,
+    after: usize,
+    args: &EvalArgs,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let (prefix, suffix) = plain_window(&case.prompt, &case.suffix, before, after);
+    let request = InferenceRequest {
+        prompt: prefix,
+        suffix: Some(suffix),
+        model: args.model.clone(),
+        max_tokens: args.max_tokens,
+        temperature: 0.0,
+        stop: vec!["\n".into()],
+        stream: true,
+        ..InferenceRequest::default()
+    };
+    let mut stream = edge.backend.client.stream(&request).await?;
+    let mut raw = String::new();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Token(token) => raw.push_str(&token),
+            StreamEvent::Done(done) => {
+                let text = first_line(&raw).to_owned();
+                return Ok(Outcome {
+                    exact: text == case.expected,
+                    similarity: edit_similarity(&text, &case.expected),
+                    text,
+                    prompt_tokens: done.prompt_tokens,
+                    cached_tokens: done.cached_tokens,
+                    ms: started.elapsed().as_secs_f64() * 1000.0,
+                    chunks: 0,
+                    error: None,
+                });
+            }
+        }
+    }
+    anyhow::bail!("vps-infer's stream ended without its final event")
+}
+
+fn failed(err: &anyhow::Error) -> Outcome {
+    Outcome {
+        text: String::new(),
+        exact: false,
+        similarity: 0.0,
+        prompt_tokens: 0,
+        cached_tokens: 0,
+        ms: 0.0,
+        chunks: 0,
+        error: Some(format!("{err:#}")),
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// Scores one variant. Exact match and similarity count an error as a miss; the
+/// means of tokens and time are over the cases that ran.
+fn score(name: &str, results: &[CaseResult]) -> Score {
+    let outcomes: Vec<(&Case, &Outcome)> = results
+        .iter()
+        .filter_map(|r| r.outcomes.get(name).map(|o| (&r.case, o)))
+        .collect();
+    let ok = || outcomes.iter().filter(|(_, o)| o.error.is_none());
+    let mut by_language = BTreeMap::new();
+    let languages: HashSet<&str> = outcomes.iter().map(|(c, _)| c.language).collect();
+    for language in languages {
+        let these: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|(c, _)| c.language == language)
+            .map(|(_, o)| *o)
+            .collect();
+        by_language.insert(
+            language.to_owned(),
+            LanguageScore {
+                cases: these.len(),
+                exact_match: mean(these.iter().map(|o| f64::from(u8::from(o.exact)))),
+                edit_similarity: mean(these.iter().map(|o| o.similarity)),
+                mean_prompt_tokens: mean(
+                    these
+                        .iter()
+                        .filter(|o| o.error.is_none())
+                        .map(|o| o.prompt_tokens as f64),
+                ),
+            },
+        );
+    }
+    Score {
+        name: name.to_owned(),
+        cases: outcomes.len(),
+        errors: outcomes.iter().filter(|(_, o)| o.error.is_some()).count(),
+        exact_match: mean(outcomes.iter().map(|(_, o)| f64::from(u8::from(o.exact)))),
+        edit_similarity: mean(outcomes.iter().map(|(_, o)| o.similarity)),
+        mean_prompt_tokens: mean(ok().map(|(_, o)| o.prompt_tokens as f64)),
+        mean_cached_tokens: mean(ok().map(|(_, o)| o.cached_tokens as f64)),
+        mean_ms: mean(ok().map(|(_, o)| o.ms)),
+        mean_chunks: mean(ok().map(|(_, o)| o.chunks as f64)),
+        by_language,
+    }
+}
+
+/// The table `lsp-edge eval` prints without `--json`.
+pub fn render_table(report: &Report) -> String {
+    let mut out = format!(
+        "{} cases (seed {}), model {}\n{:<24} {:>6} {:>9} {:>10} {:>9} {:>8} {:>7} {:>6}\n",
+        report.count,
+        report.seed,
+        report.model.as_deref().unwrap_or("(vps-infer's default)"),
+        "variant",
+        "EM",
+        "edit sim",
+        "prompt tok",
+        "cached",
+        "mean ms",
+        "chunks",
+        "errors",
+    );
+    for s in &report.scores {
+        out.push_str(&format!(
+            "{:<24} {:>6.3} {:>9.3} {:>10.0} {:>9.0} {:>8.0} {:>7.2} {:>6}\n",
+            s.name,
+            s.exact_match,
+            s.edit_similarity,
+            s.mean_prompt_tokens,
+            s.mean_cached_tokens,
+            s.mean_ms,
+            s.mean_chunks,
+            s.errors
+        ));
+    }
+    for s in &report.scores {
+        for (language, l) in &s.by_language {
+            out.push_str(&format!(
+                "  {:<22} {:>6.3} {:>9.3} {:>10.0}   ({} {} cases)\n",
+                s.name, l.exact_match, l.edit_similarity, l.mean_prompt_tokens, language, l.cases
+            ));
+        }
+    }
+    out
+}
+
+/// `lsp-edge eval`.
+pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_deref(), args.backend.as_ref())?;
+    let engine =
+        ContextEngine::new(EngineConfig::default()).context("cannot build the context engine")?;
+    let sources = args.sources.clone();
+    let (seed, count) = (args.seed, args.count);
+    let cases = tokio::task::spawn_blocking(move || make_cases(&engine, &sources, seed, count))
+        .await
+        .context("drawing cases failed")??;
+    if cases.is_empty() {
+        anyhow::bail!("the sources hold no eligible line");
+    }
+    if args.list {
+        for case in &cases {
+            println!("{}", serde_json::to_string(case)?);
+        }
+        return Ok(());
+    }
+
+    let main_edge = Edge::new(config.clone()).context("cannot start lsp-edge")?;
+    let mut variants = Vec::new();
+    if !args.no_engine {
+        variants.push(Variant {
+            name: "cerebrum".into(),
+            runner: Runner::Engine(Completer::new(
+                main_edge.clone(),
+                Arc::new(HttpStats::default()),
+            )),
+        });
+    }
+    for spec in &args.variants {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--variant {spec:?}: expected NAME=FILE"))?;
+        let mut variant_config = load_config(Some(Path::new(file)), args.backend.as_ref())?;
+        variant_config.backend = config.backend.clone();
+        let edge = Edge::new(variant_config).with_context(|| format!("variant {name}"))?;
+        variants.push(Variant {
+            name: name.to_owned(),
+            runner: Runner::Engine(Completer::new(edge, Arc::new(HttpStats::default()))),
+        });
+    }
+    for spec in &args.baselines {
+        let (before, after) = parse_baseline(spec)?;
+        variants.push(Variant {
+            name: format!("window {before}/{after}"),
+            runner: Runner::Window { before, after },
+        });
+    }
+    if variants.is_empty() {
+        anyhow::bail!("nothing to run: --no-engine needs --variant or --baseline-chars");
+    }
+    if variants.iter().any(|v| v.name.is_empty())
+        || variants
+            .iter()
+            .map(|v| &v.name)
+            .collect::<HashSet<_>>()
+            .len()
+            != variants.len()
+    {
+        anyhow::bail!("variant names must be distinct and not empty");
+    }
+
+    let mut results = Vec::new();
+    let mut consecutive_errors = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let mut outcomes = BTreeMap::new();
+        // Rotating the order spreads the state each variant finds the machine in
+        // (caches warm, load from the previous case) evenly across variants.
+        for k in 0..variants.len() {
+            let variant = &variants[(i + k) % variants.len()];
+            let outcome = match &variant.runner {
+                Runner::Engine(completer) => run_engine(completer, case, &args).await,
+                Runner::Window { before, after } => {
+                    run_window(&main_edge, case, *before, *after, &args).await
+                }
+            };
+            let outcome = outcome.unwrap_or_else(|err| failed(&err));
+            if let Some(err) = &outcome.error {
+                consecutive_errors += 1;
+                eprintln!(
+                    "case {i} ({}:{}) {}: {err}",
+                    case.path, case.line, variant.name
+                );
+                if consecutive_errors >= 5 {
+                    anyhow::bail!("five requests in a row failed; last: {err}");
+                }
+            } else {
+                consecutive_errors = 0;
+            }
+            if args.verbose {
+                eprintln!(
+                    "case {i} {}:{} {}: {} {:?} (want {:?}) {} tokens {:.0} ms",
+                    case.path,
+                    case.line,
+                    variant.name,
+                    if outcome.exact { "HIT " } else { "miss" },
+                    outcome.text,
+                    case.expected,
+                    outcome.prompt_tokens,
+                    outcome.ms
+                );
+            }
+            outcomes.insert(variant.name.clone(), outcome);
+        }
+        if !args.verbose {
+            eprint!("\rcase {}/{}", i + 1, cases.len());
+        }
+        results.push(CaseResult {
+            case: case.clone(),
+            outcomes,
+        });
+    }
+    if !args.verbose {
+        eprintln!();
+    }
+    let report = Report {
+        seed: args.seed,
+        count: cases.len(),
+        sources: args
+            .sources
+            .iter()
+            .map(|s| s.display().to_string())
+            .collect(),
+        model: args.model.clone(),
+        scores: variants.iter().map(|v| score(&v.name, &results)).collect(),
+        cases: results,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_table(&report));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_similarity_counts_characters() {
+        assert_eq!(edit_similarity("", ""), 1.0);
+        assert_eq!(edit_similarity("abc", "abc"), 1.0);
+        assert_eq!(edit_similarity("abc", ""), 0.0);
+        assert!((edit_similarity("kitten", "sitting") - (1.0 - 3.0 / 7.0)).abs() < 1e-9);
+        assert!((edit_similarity("é", "e") - 0.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_first_line_is_trimmed_at_the_end_only() {
+        assert_eq!(first_line("  x = 1  \ny = 2"), "  x = 1");
+        assert_eq!(first_line("\nx"), "");
+        assert_eq!(first_line(""), "");
+    }
+
+    #[test]
+    fn plain_windows_keep_whole_lines() {
+        let prompt = "aaaa\nbbbb\ncccc\n    ";
+        let suffix = "\ndddd\neeee\n";
+        let (before, after) = plain_window(prompt, suffix, 10, 6);
+        assert_eq!(before, "cccc\n    ");
+        assert_eq!(after, "\ndddd\n");
+        let (before, after) = plain_window(prompt, suffix, 1_000, 1_000);
+        assert_eq!((before.as_str(), after.as_str()), (prompt, suffix));
+        // The cursor's own line is kept even past the limit.
+        let (before, after) = plain_window(prompt, suffix, 2, 0);
+        assert_eq!((before.as_str(), after.as_str()), ("    ", ""));
+    }
+
+    #[test]
+    fn holes_are_on_code_lines_only() {
+        let engine = ContextEngine::new(EngineConfig::default()).unwrap();
+        let text = "\"\"\"Module doc.\n\nMore.\n\"\"\"\n\n# A comment.\nimport os\n\n\ndef f(a):\n    \"\"\"Doc.\"\"\"\n    x = [\n        1,\n    ]\n    return x  # why\n";
+        let lines: Vec<&str> = eligible_lines(&engine, Language::Python, text)
+            .into_iter()
+            .map(|(cursor, end)| &text[cursor..end])
+            .collect();
+        assert_eq!(
+            lines,
+            ["import os", "def f(a):", "x = [", "1,", "return x  # why"]
+        );
+    }
+
+    #[test]
+    fn cases_are_the_same_for_a_seed() {
+        let dir = std::env::temp_dir().join(format!("cerebrum-eval-{}", std::process::id()));
+        let src = dir.join("pkg");
+        std::fs::create_dir_all(&src).unwrap();
+        let body: String = (0..60)
+            .map(|i| format!("def f{i}(a, b):\n    return a * {i} + b\n\n"))
+            .collect();
+        std::fs::write(src.join("m.py"), &body).unwrap();
+        std::fs::write(src.join("small.py"), "x = 1\n").unwrap();
+        let engine = ContextEngine::new(EngineConfig::default()).unwrap();
+        let a = make_cases(&engine, std::slice::from_ref(&src), 7, 5).unwrap();
+        let b = make_cases(&engine, std::slice::from_ref(&src), 7, 5).unwrap();
+        let c = make_cases(&engine, std::slice::from_ref(&src), 8, 5).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let key = |cases: &[Case]| cases.iter().map(|c| c.line).collect::<Vec<_>>();
+        assert_eq!(a.len(), 5);
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&c));
+        for case in &a {
+            assert_eq!(case.path, "pkg/m.py");
+            assert!(body.contains(&format!(
+                "{}{}{}",
+                case.prompt.rsplit('\n').next().unwrap(),
+                case.expected,
+                "\n"
+            )));
+            assert_eq!(
+                format!("{}{}{}", case.prompt, case.expected, case.suffix),
+                body
+            );
+        }
+    }
+
+    #[test]
+    fn scores_count_errors_as_misses_and_the_table_names_every_variant() {
+        let case = |id: usize, language: &'static str| Case {
+            id,
+            path: format!("p{id}.py"),
+            language,
+            line: 1,
+            expected: "x = 1".into(),
+            prompt: String::new(),
+            suffix: String::new(),
+        };
+        let outcome = |exact: bool, tokens: u64| Outcome {
+            text: if exact { "x = 1".into() } else { "y".into() },
+            exact,
+            similarity: if exact { 1.0 } else { 0.0 },
+            prompt_tokens: tokens,
+            cached_tokens: 0,
+            ms: 10.0,
+            chunks: 1,
+            error: None,
+        };
+        let results = vec![
+            CaseResult {
+                case: case(0, "python"),
+                outcomes: BTreeMap::from([("a".to_owned(), outcome(true, 100))]),
+            },
+            CaseResult {
+                case: case(1, "rust"),
+                outcomes: BTreeMap::from([(
+                    "a".to_owned(),
+                    failed(&anyhow::anyhow!("backend down")),
+                )]),
+            },
+        ];
+        let score = score("a", &results);
+        assert_eq!((score.cases, score.errors), (2, 1));
+        assert_eq!(score.exact_match, 0.5);
+        // Tokens and time average over the cases that ran.
+        assert_eq!(score.mean_prompt_tokens, 100.0);
+        assert_eq!(score.by_language["python"].exact_match, 1.0);
+        assert_eq!(score.by_language["rust"].exact_match, 0.0);
+        let report = Report {
+            seed: 1,
+            count: 2,
+            sources: Vec::new(),
+            model: None,
+            scores: vec![score],
+            cases: results,
+        };
+        let table = render_table(&report);
+        assert!(table.contains("\na "), "{table}");
+        assert!(table.contains("0.500"), "{table}");
+    }
+}

@@ -1,0 +1,114 @@
+//! `lsp-edge eval` end to end: real vps-infer on the real Qwen2.5-Coder 0.5B model
+//! (it has the fill-in-the-middle tokens the evaluation needs), holes drawn from this
+//! repository's own sources. It checks that the command runs and reports what it
+//! promises, not how well the model scores.
+
+use std::process::Command;
+
+use cerebrum_tests::{binary, model_path, workspace_root, VpsInfer, TEST_API_KEY};
+use serde_json::Value;
+
+fn eval_command() -> Command {
+    let root = workspace_root();
+    let mut cmd = Command::new(binary("lsp-edge"));
+    cmd.current_dir(&root)
+        .arg("eval")
+        .arg("--source")
+        .arg(root.join("lsp-edge/context/src"))
+        .arg("--source")
+        .arg(root.join("lsp-edge/context/tests/data"))
+        .args(["--seed", "3", "--count", "2"])
+        .env_remove("CEREBRUM_LSP_CONFIG")
+        .env("CEREBRUM_API_KEY", TEST_API_KEY);
+    cmd
+}
+
+#[test]
+fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
+    let infer = VpsInfer::start(&[("qwen2.5-coder-0.5b", &model_path("qwen2.5-coder-0.5b"))]);
+    let output = eval_command()
+        .args(["--backend", &infer.url()])
+        .args([
+            "--baseline-chars",
+            "1200:400",
+            "--max-tokens",
+            "24",
+            "--json",
+        ])
+        .output()
+        .expect("run lsp-edge eval");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "lsp-edge eval failed: {stderr}\nvps-infer: {}",
+        infer.service.log()
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["count"], 2);
+    let scores = report["scores"].as_array().unwrap();
+    let names: Vec<&str> = scores.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cerebrum", "window 1200/400"]);
+    for score in scores {
+        assert_eq!(score["cases"], 2, "{score}");
+        assert_eq!(score["errors"], 0, "{score}");
+        let em = score["exact_match"].as_f64().unwrap();
+        let similarity = score["edit_similarity"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&em) && (0.0..=1.0).contains(&similarity));
+        assert!(
+            score["mean_prompt_tokens"].as_f64().unwrap() > 0.0,
+            "{score}"
+        );
+        assert!(score["mean_ms"].as_f64().unwrap() > 0.0, "{score}");
+    }
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    // Case 0 comes from the Rust sources, case 1 from the Python benchmark file.
+    assert_eq!(cases[0]["language"], "rust");
+    assert_eq!(cases[1]["language"], "python");
+    for case in cases {
+        assert!(!case["expected"].as_str().unwrap().is_empty(), "{case}");
+        for name in &names {
+            let outcome = &case["outcomes"][name];
+            assert!(outcome["prompt_tokens"].as_u64().unwrap() > 0, "{case}");
+            let text = outcome["text"].as_str().unwrap();
+            assert!(
+                !text.contains('\n'),
+                "only the first line is scored: {text:?}"
+            );
+            assert_eq!(
+                outcome["exact"].as_bool().unwrap(),
+                text == case["expected"].as_str().unwrap()
+            );
+        }
+    }
+    // The plain window never carries chunks and is the smaller prompt here.
+    let window = &scores[1];
+    assert_eq!(window["mean_chunks"], 0.0);
+}
+
+#[test]
+fn eval_cases_are_the_same_for_a_seed_and_need_no_backend() {
+    let list = || {
+        let output = eval_command().arg("--list").output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let first = list();
+    assert_eq!(first.lines().count(), 2, "{first}");
+    assert_eq!(first, list());
+}
+
+#[test]
+fn eval_names_a_missing_source() {
+    let output = Command::new(binary("lsp-edge"))
+        .args(["eval", "--list", "--source", "/nonexistent/cerebrum-eval"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/cerebrum-eval"), "{stderr}");
+}
