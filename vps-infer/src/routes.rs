@@ -122,6 +122,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let expected = match req.uri().path() {
+            "/v1/inference" => r#"a JSON object such as {"prompt": "..."}"#,
+            _ => "a JSON object",
+        };
         // A client that sends its body slowly is cut off, not waited for.
         let read = tokio::time::timeout(crate::BODY_TIMEOUT, Bytes::from_request(req, state));
         let bytes = read
@@ -141,7 +145,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     ApiError::InvalidRequest(format!("cannot read the request body: {e}"))
                 }
             })?;
-        let value = json_object(&bytes)?;
+        let value = json_object(&bytes, expected)?;
         serde_path_to_error::deserialize(value)
             .map(ApiJson)
             .map_err(|e| {
@@ -156,19 +160,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// The body as a JSON object, or an error that says what was wrong with it: not
-/// JSON at all (with serde's position), empty, or JSON of another shape.
-fn json_object(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+/// The body as a JSON object, or an error that says what was wrong with it (empty,
+/// not JSON at all with serde's position, or JSON of another shape) and what the
+/// endpoint expects.
+fn json_object(bytes: &[u8], expected: &str) -> Result<serde_json::Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::InvalidRequest(
-            "the request body is empty; expected a JSON object such as {\"prompt\": \"...\"}"
-                .into(),
-        ));
+        return Err(ApiError::InvalidRequest(format!(
+            "the request body is empty; expected {expected}"
+        )));
     }
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::InvalidRequest(format!(
-            "the request body is not valid JSON ({e}); expected a JSON object such as \
-             {{\"prompt\": \"...\"}}"
+            "the request body is not valid JSON ({e}); expected {expected}"
         ))
     })?;
     let shape = match &value {
@@ -180,7 +183,7 @@ fn json_object(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
         serde_json::Value::Null => "null",
     };
     Err(ApiError::InvalidRequest(format!(
-        "the request body is {shape}; expected a JSON object such as {{\"prompt\": \"...\"}}"
+        "the request body is {shape}; expected {expected}"
     )))
 }
 
