@@ -89,7 +89,10 @@ async fn llama_cpp_completion_tokenize_and_props() {
 
     // The same prompt again: the KV cache holds it, and llama.cpp's fields say so.
     let (_, again) = post(&server, "/completion", body.clone()).await;
-    assert_eq!(again["content"], first["content"], "greedy is deterministic");
+    assert_eq!(
+        again["content"], first["content"],
+        "greedy is deterministic"
+    );
     let cached = again["tokens_cached"].as_u64().unwrap();
     assert!(cached > 0, "{again}");
     assert_eq!(again["timings"]["cache_n"], cached, "{again}");
@@ -128,7 +131,9 @@ async fn llama_cpp_completion_tokenize_and_props() {
     .await;
     let pieces = pieces["tokens"].as_array().unwrap();
     assert!(
-        pieces.iter().all(|p| p["id"].is_i64() && !p["piece"].is_null()),
+        pieces
+            .iter()
+            .all(|p| p["id"].is_i64() && !p["piece"].is_null()),
         "{pieces:?}"
     );
     // An id outside the vocabulary is a clear error, not a crash of llama.cpp.
@@ -137,22 +142,27 @@ async fn llama_cpp_completion_tokenize_and_props() {
 
     let (status, props) = get(&server, "/props").await;
     assert_eq!(status, 200, "{props}");
-    assert!(props["default_generation_settings"]["n_ctx"].as_u64().unwrap() >= 256);
     assert!(
-        props["chat_template"].as_str().is_some_and(|t| !t.is_empty()),
+        props["default_generation_settings"]["n_ctx"]
+            .as_u64()
+            .unwrap()
+            >= 256
+    );
+    assert!(
+        props["chat_template"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
         "{props}"
     );
     assert_eq!(props["fim"], false, "SmolLM2 has no FIM tokens");
 
     // Features llama.cpp has and we do not are refused by name.
-    let (status, error) = post(
-        &server,
-        "/completion",
-        json!({"prompt": "a", "n_probs": 3}),
-    )
-    .await;
+    let (status, error) = post(&server, "/completion", json!({"prompt": "a", "n_probs": 3})).await;
     assert_error(status, &error, 400, "invalid_request_error");
-    assert!(error["error"]["message"].as_str().unwrap().contains("n_probs"));
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("n_probs"));
 
     // The routes share the engine's statistics with /v1/inference.
     let stats = server.stats();
@@ -199,14 +209,20 @@ async fn llama_cpp_infill_with_qwen() {
     bad["input_extra"] = json!([{ "filename": 123, "text": "x" }]);
     let (status, error) = post(&server, "/infill", bad).await;
     assert_error(status, &error, 400, "invalid_request_error");
-    assert!(error["error"]["message"].as_str().unwrap().contains("input_extra"));
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("input_extra"));
 
     // A model without FIM tokens cannot infill, and says so.
     let mut smol = body;
     smol["model"] = json!(SMOL);
     let (status, error) = post(&server, "/infill", smol).await;
     assert_error(status, &error, 400, "invalid_request_error");
-    assert!(error["error"]["message"].as_str().unwrap().contains("fill-in-the-middle"));
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("fill-in-the-middle"));
 }
 
 #[tokio::test]
@@ -218,7 +234,10 @@ async fn openai_completions_chat_and_models() {
     assert_eq!(models["object"], "list", "{models}");
     assert_eq!(models["data"][0]["id"], SMOL, "{models}");
     assert_eq!(models["data"][0]["object"], "model", "{models}");
-    assert_eq!(models["models"][0]["name"], SMOL, "ours stays beside: {models}");
+    assert_eq!(
+        models["models"][0]["name"], SMOL,
+        "ours stays beside: {models}"
+    );
 
     // A model name the server does not know falls back to its default, as llama.cpp does.
     let (status, done) = post(
@@ -233,7 +252,10 @@ async fn openai_completions_chat_and_models() {
     let choice = &done["choices"][0];
     assert!(choice["text"].is_string(), "{done}");
     assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
-    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() <= 4, "{done}");
+    assert!(
+        done["usage"]["completion_tokens"].as_u64().unwrap() <= 4,
+        "{done}"
+    );
 
     let (events, done_last) = post_stream(
         &server,

@@ -22,11 +22,15 @@ first_token_timeout_ms = 300000
 total_timeout_ms = 300000
 "#;
 
+/// vps-infer with runs shifted past the first difference (`--cache-reuse`, off by
+/// default: see docs/benchmarks.md, "Typing latency").
 fn start() -> (VpsInfer, LspEdge) {
     let infer = VpsInfer::builder()
         .model("qwen2.5-coder-0.5b", model_path("qwen2.5-coder-0.5b"))
         .arg("--threads")
         .arg("1")
+        .arg("--cache-reuse")
+        .arg("16")
         .start();
     let edge = LspEdge::start(&infer.url(), infer.api_key(), CONFIG, &[]);
     (infer, edge)

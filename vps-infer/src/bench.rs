@@ -145,7 +145,9 @@ async fn fidelity(
 
     let mut reused = Vec::new();
     let (mut evaluated, mut shifted) = (0, 0);
-    // Prime the cache with the first prompt, so that every measured one reuses it.
+    // Prime the cache with the first prompt, evaluated cold, so that every measured
+    // one reuses it and nothing from the runs above.
+    engine::collect(engine.generate(request(model, "\u{1}", None, 1))?).await?;
     complete(engine, model, &prompts[0], after, fim, max_tokens).await?;
     for prompt in &prompts {
         let (w, _) = complete(engine, model, prompt, after, fim, max_tokens).await?;

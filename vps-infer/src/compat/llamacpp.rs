@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    data, invalid, pick_model, stream, Finish, Generation, OneOrMany, Render, Translate,
-    Watch, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
+    data, invalid, pick_model, stream, Finish, Generation, OneOrMany, Render, Translate, Watch,
+    DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P,
 };
 use crate::engine::tokenize::{VocabAnswer, VocabQuery};
 use crate::engine::{Extra, GenerateRequest, PromptParts};
@@ -187,7 +187,11 @@ impl CompletionBody {
             max_tokens: self.n_predict,
             temperature: self.temperature,
             top_p: self.top_p,
-            stop: self.stop.take().map(OneOrMany::into_vec).unwrap_or_default(),
+            stop: self
+                .stop
+                .take()
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
             seed: self.seed,
         }
         .build()
@@ -218,9 +222,7 @@ async fn run(
         Some(PromptInput::Text(t)) => t.clone(),
         _ => String::new(),
     };
-    let request = body
-        .translate(&app, infill)
-        .map_err(|e| invalid(&app, e))?;
+    let request = body.translate(&app, infill).map_err(|e| invalid(&app, e))?;
     let settings = body.settings(&request);
     let generation = Generation::start(
         &app,
@@ -342,7 +344,9 @@ pub(crate) async fn tokenize(
         parse_special: body.parse_special.unwrap_or(true),
     };
     let VocabAnswer::Tokens(pieces) = app.engine.vocab(&model, query).await? else {
-        return Err(ApiError::Server("the engine answered another question".into()));
+        return Err(ApiError::Server(
+            "the engine answered another question".into(),
+        ));
     };
     let tokens: Vec<Value> = pieces
         .into_iter()
@@ -385,9 +389,14 @@ pub(crate) async fn detokenize(
             })
         })
         .collect::<Result<Vec<i32>, ApiError>>()?;
-    let VocabAnswer::Text(content) = app.engine.vocab(&model, VocabQuery::Detokenize(ids)).await?
+    let VocabAnswer::Text(content) = app
+        .engine
+        .vocab(&model, VocabQuery::Detokenize(ids))
+        .await?
     else {
-        return Err(ApiError::Server("the engine answered another question".into()));
+        return Err(ApiError::Server(
+            "the engine answered another question".into(),
+        ));
     };
     Ok(Json(json!({ "content": content })).into_response())
 }
@@ -396,7 +405,9 @@ pub(crate) async fn detokenize(
 pub(crate) async fn props(State(app): State<AppState>) -> Result<Response, ApiError> {
     let model = app.engine.default_model().to_string();
     let VocabAnswer::Info(info) = app.engine.vocab(&model, VocabQuery::Info).await? else {
-        return Err(ApiError::Server("the engine answered another question".into()));
+        return Err(ApiError::Server(
+            "the engine answered another question".into(),
+        ));
     };
     let config = app.engine.models().get(&model);
     // The context the engine will create (see `Session::new`).

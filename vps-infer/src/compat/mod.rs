@@ -415,7 +415,10 @@ impl Generation {
                 }
                 Some(start) => {
                     let rest = &self.text[start..];
-                    let indent = rest.bytes().take_while(|b| *b == b' ' || *b == b'\t').count();
+                    let indent = rest
+                        .bytes()
+                        .take_while(|b| *b == b' ' || *b == b'\t')
+                        .count();
                     if indent == rest.len() {
                         // Only whitespace so far: wait for more.
                         return false;
@@ -562,7 +565,8 @@ mod tests {
     #[tokio::test]
     async fn n_indent_cuts_at_the_first_line_indented_less() {
         let watch = Watch::new(Some(4), None);
-        let (pieces, end) = watched(watch, &["x = 1\n", "    y", " = 2\n", "  ", "z", " = 3\n"]).await;
+        let (pieces, end) =
+            watched(watch, &["x = 1\n", "    y", " = 2\n", "  ", "z", " = 3\n"]).await;
         assert_eq!(end.as_deref(), Some("x = 1\n    y = 2\n  "));
         // What went out before the end is a prefix of the final text.
         assert!(end.unwrap().starts_with(&pieces.concat()));

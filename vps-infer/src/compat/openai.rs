@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 
 use super::llamacpp::PromptInput;
 use super::{
-    data, invalid, pick_model, stream, unix_now, Finish, Generation, OneOrMany, Render,
-    Translate, Watch,
+    data, invalid, pick_model, stream, unix_now, Finish, Generation, OneOrMany, Render, Translate,
+    Watch,
 };
 use crate::engine::prompt::ChatRequest;
 use crate::engine::{GenerateRequest, PromptParts};
@@ -112,7 +112,11 @@ impl Common {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
-            stop: self.stop.take().map(OneOrMany::into_vec).unwrap_or_default(),
+            stop: self
+                .stop
+                .take()
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
             seed: self.seed,
         }
     }
@@ -463,11 +467,7 @@ impl ChatChunks {
             return None;
         }
         self.role_sent = true;
-        Some(self.chunk(
-            model,
-            json!({"role": "assistant", "content": null}),
-            None,
-        ))
+        Some(self.chunk(model, json!({"role": "assistant", "content": null}), None))
     }
 }
 

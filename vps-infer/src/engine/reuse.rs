@@ -11,7 +11,11 @@
 //!
 //! The keys and values of a shifted run were computed with the old text before it, so
 //! the result is an approximation of a cold evaluation; runs shorter than a minimum are
-//! not worth that and are evaluated again.
+//! not worth that and are evaluated again. How far each cached token has drifted from a
+//! cold evaluation is tracked: the tokens inserted and removed before it since it was
+//! evaluated, summed over every reuse. A run is reused only while that stays within a
+//! bound, so a suffix shifted at every keystroke is evaluated afresh now and then, and
+//! a run computed in an unrelated context (another file, other chunks) never is.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -23,6 +27,66 @@ pub struct Run {
     pub from: usize,
     pub to: usize,
     pub len: usize,
+    /// Tokens inserted and removed before the run by this prompt: added to each of its
+    /// tokens' drift.
+    pub edit: u32,
+}
+
+/// The tokens in the cache, in position order, with each one's drift.
+#[derive(Debug, Clone)]
+pub struct Cached<T> {
+    tokens: Vec<T>,
+    drift: Vec<u32>,
+}
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached {
+            tokens: Vec::new(),
+            drift: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy> Cached<T> {
+    pub fn tokens(&self) -> &[T] {
+        &self.tokens
+    }
+
+    pub fn drift(&self) -> &[u32] {
+        &self.drift
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.drift.truncate(len);
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Tokens just evaluated: no drift.
+    pub fn extend_evaluated(&mut self, tokens: &[T]) {
+        self.tokens.extend_from_slice(tokens);
+        self.drift.extend(std::iter::repeat_n(0, tokens.len()));
+    }
+
+    /// A run moved in from `from`: its tokens were `old`'s there, now further off.
+    pub fn extend_moved(&mut self, old: &Cached<T>, run: &Run) {
+        let range = run.from..run.from + run.len;
+        self.tokens.extend_from_slice(&old.tokens[range.clone()]);
+        self.drift
+            .extend(old.drift[range].iter().map(|d| d.saturating_add(run.edit)));
+    }
 }
 
 impl Run {
@@ -75,10 +139,18 @@ impl Plan {
 /// repetitive text (indentation, blank lines) cannot make planning quadratic.
 const MAX_CANDIDATES: usize = 32;
 
-/// Plans the reuse of `cached` for `prompt`: the common prefix, then, when `min_run` is
+/// Plans the reuse of `cache` for `prompt`: the common prefix, then, when `min_run` is
 /// not 0, each later run of at least `min_run` tokens that appears in the cache after
-/// the previous one (greedy, longest first).
-pub fn plan<T: Copy + Eq + Hash>(cached: &[T], prompt: &[T], min_run: usize) -> Plan {
+/// the previous one (greedy, longest first) and whose tokens' drift stays within
+/// `max_drift`.
+pub fn plan<T: Copy + Eq + Hash>(
+    cache: &Cached<T>,
+    prompt: &[T],
+    min_run: usize,
+    max_drift: u32,
+) -> Plan {
+    let cached = cache.tokens();
+    let drift = cache.drift();
     let mut prefix = cached
         .iter()
         .zip(prompt)
@@ -104,22 +176,28 @@ pub fn plan<T: Copy + Eq + Hash>(cached: &[T], prompt: &[T], min_run: usize) -> 
     }
 
     let mut next_free = prefix;
+    let mut reused = prefix;
     let mut p = prefix;
     while p + min_run <= end {
         let mut best: Option<Run> = None;
         if let Some(starts) = index.get(&prompt[p..p + k]) {
             let first = starts.partition_point(|&c| c < next_free);
             for &c in starts[first..].iter().take(MAX_CANDIDATES) {
+                // Inserted before the run (prompt tokens not reused) plus removed
+                // before it (cached tokens skipped), counted from the prefix.
+                let edit = u32::try_from((p - reused) + (c - reused)).unwrap_or(u32::MAX);
                 let len = cached[c..]
                     .iter()
+                    .zip(&drift[c..])
                     .zip(&prompt[p..end])
-                    .take_while(|(a, b)| a == b)
+                    .take_while(|((a, d), b)| a == b && d.saturating_add(edit) <= max_drift)
                     .count();
                 if best.is_none_or(|b| len > b.len) {
                     best = Some(Run {
                         from: c,
                         to: p,
                         len,
+                        edit,
                     });
                 }
             }
@@ -129,6 +207,7 @@ pub fn plan<T: Copy + Eq + Hash>(cached: &[T], prompt: &[T], min_run: usize) -> 
                 plan.runs.push(run);
                 p += run.len;
                 next_free = run.from + run.len;
+                reused += run.len;
             }
             _ => p += 1,
         }
@@ -142,6 +221,12 @@ mod tests {
 
     fn chars(s: &str) -> Vec<char> {
         s.chars().collect()
+    }
+
+    fn fresh(tokens: &[char]) -> Cached<char> {
+        let mut cached = Cached::default();
+        cached.extend_evaluated(tokens);
+        cached
     }
 
     /// Applies a plan as the engine does and checks that every reused token is the
@@ -168,7 +253,7 @@ mod tests {
     fn typing_before_the_suffix_keeps_the_suffix_shifted_right() {
         let cached = chars("PRE def f(x):\n    return x SUF\n\ndef g():\n    pass\nMID");
         let prompt = chars("PRE def f(x):\n    return x + SUF\n\ndef g():\n    pass\nMID");
-        let plan = plan(&cached, &prompt, 8);
+        let plan = plan(&fresh(&cached), &prompt, 8, u32::MAX);
         check_consistent(&cached, &prompt, &plan);
         assert_eq!(plan.prefix, 27);
         assert_eq!(plan.runs.len(), 1);
@@ -181,7 +266,7 @@ mod tests {
     fn a_window_that_slid_by_a_line_keeps_the_rest_shifted_left() {
         let cached = chars("<ctx>line one\nline two\nline three\nline four\n|suffix text here|");
         let prompt = chars("<ctx>line two\nline three\nline four\nline five\n|suffix text here|");
-        let plan = plan(&cached, &prompt, 8);
+        let plan = plan(&fresh(&cached), &prompt, 8, u32::MAX);
         check_consistent(&cached, &prompt, &plan);
         assert!(plan.runs.iter().any(|r| r.delta() < 0), "{plan:?}");
         assert!(plan.runs.iter().any(|r| r.delta() > 0), "{plan:?}");
@@ -190,9 +275,45 @@ mod tests {
     }
 
     #[test]
+    fn drift_adds_up_until_a_run_is_evaluated_again() {
+        // Type characters before a long suffix, one at a time, as the engine would.
+        let suffix = "|the suffix after the cursor, long enough|";
+        let mut cache = fresh(&chars(&format!("def f():{suffix}")));
+        let mut reevaluated = Vec::new();
+        for n in 1..=12 {
+            let prompt = chars(&format!("def f():{}{suffix}", "x".repeat(n)));
+            let plan = plan(&cache, &prompt, 8, 6);
+            let mut next = Cached::default();
+            next.extend_evaluated(&prompt[..plan.prefix]);
+            let mut at = plan.prefix;
+            for run in &plan.runs {
+                next.extend_evaluated(&prompt[at..run.to]);
+                next.extend_moved(&cache, run);
+                at = run.to + run.len;
+            }
+            next.extend_evaluated(&prompt[at..]);
+            if plan.runs.is_empty() {
+                reevaluated.push(n);
+            }
+            cache = next;
+        }
+        // Each keystroke inserts one token before the suffix: at most 6 in a row.
+        assert_eq!(reevaluated, [7]);
+    }
+
+    #[test]
+    fn a_run_from_an_unrelated_context_is_not_reused() {
+        let block = "0123456789abcdefghijklmnopqrstuv";
+        let cached = chars(&format!("{}{block}", "other file ".repeat(8)));
+        let prompt = chars(&format!("mine{block}!"));
+        assert!(plan(&fresh(&cached), &prompt, 8, 32).runs.is_empty());
+        assert_eq!(plan(&fresh(&cached), &prompt, 8, u32::MAX).runs.len(), 1);
+    }
+
+    #[test]
     fn an_identical_prompt_evaluates_only_its_last_token() {
         let cached = chars("the same prompt twice");
-        let plan = plan(&cached, &cached, 8);
+        let plan = plan(&fresh(&cached), &cached, 8, u32::MAX);
         assert_eq!(plan.prefix, cached.len() - 1);
         assert!(plan.runs.is_empty());
     }
@@ -201,7 +322,7 @@ mod tests {
     fn min_run_zero_is_the_plain_common_prefix() {
         let cached = chars("abcdefgh 0123456789abcdef");
         let prompt = chars("abcdefgh X0123456789abcdef");
-        let plan = plan(&cached, &prompt, 0);
+        let plan = plan(&fresh(&cached), &prompt, 0, u32::MAX);
         assert_eq!(plan.prefix, 9);
         assert!(plan.runs.is_empty());
     }
@@ -210,7 +331,7 @@ mod tests {
     fn short_runs_are_evaluated_again() {
         let cached = chars("head:abc|tail");
         let prompt = chars("head:XYZabc|tail!");
-        let plan = plan(&cached, &prompt, 16);
+        let plan = plan(&fresh(&cached), &prompt, 16, u32::MAX);
         assert!(plan.runs.is_empty());
         assert_eq!(plan.reused(), 5);
     }
@@ -221,7 +342,7 @@ mod tests {
         let block = "0123456789abcdefghij";
         let cached = chars(&format!("S{block}E"));
         let prompt = chars(&format!("T{block}{block}E"));
-        let plan = plan(&cached, &prompt, 8);
+        let plan = plan(&fresh(&cached), &prompt, 8, u32::MAX);
         check_consistent(&cached, &prompt, &plan);
         assert_eq!(plan.runs.len(), 1);
     }
@@ -230,7 +351,7 @@ mod tests {
     fn repetitive_text_plans_quickly_and_consistently() {
         let cached: Vec<char> = " ".repeat(5000).chars().chain("x".chars()).collect();
         let prompt: Vec<char> = "y".chars().chain(" ".repeat(5000).chars()).collect();
-        let plan = plan(&cached, &prompt, 32);
+        let plan = plan(&fresh(&cached), &prompt, 32, u32::MAX);
         check_consistent(&cached, &prompt, &plan);
         assert_eq!(plan.reused(), 4999);
     }

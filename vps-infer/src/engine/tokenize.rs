@@ -148,7 +148,9 @@ fn query(model: &LlamaModel, query: VocabQuery) -> Result<VocabAnswer, ApiError>
             }
             let tokens: Vec<LlamaToken> = ids.into_iter().map(LlamaToken).collect();
             let bytes = vocab.detokenize(&tokens, false, true);
-            Ok(VocabAnswer::Text(String::from_utf8_lossy(&bytes).into_owned()))
+            Ok(VocabAnswer::Text(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))
         }
         VocabQuery::Info => Ok(VocabAnswer::Info(ModelInfo {
             n_ctx_train: model.n_ctx_train(),

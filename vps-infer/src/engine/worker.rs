@@ -25,7 +25,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::prompt::{self, FimTokens};
-use super::reuse::{self, Plan, Run};
+use super::reuse::{self, Cached, Plan, Run};
 use super::text::{StopMatcher, Utf8Stream};
 use super::tokenize;
 use super::{since, Command, Event, Job, Outcome, Shared, StopReason, UnloadReport};
@@ -209,13 +209,16 @@ fn load(
 struct Session<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
-    /// The tokens whose keys and values sit in the cache, positions 0.. in order.
-    cached: Vec<LlamaToken>,
+    /// The tokens whose keys and values sit in the cache, positions 0.. in order, with
+    /// how far each has drifted from a cold evaluation.
+    cached: Cached<LlamaToken>,
     fim: Option<FimTokens>,
     batch_size: usize,
     /// Shortest run of cached tokens worth shifting past the first difference; 0
     /// keeps only the common prefix.
     cache_reuse: usize,
+    /// Most drift a reused run may reach (`reuse::plan`).
+    cache_reuse_max_drift: u32,
     kv_bytes: u64,
 }
 
@@ -256,9 +259,10 @@ impl<'m> Session<'m> {
             fim: FimTokens::of(&model.vocab()),
             model,
             ctx,
-            cached: Vec::new(),
+            cached: Cached::default(),
             batch_size: config.batch_size as usize,
             cache_reuse: config.cache_reuse as usize,
+            cache_reuse_max_drift: config.cache_reuse_max_drift,
             kv_bytes: kv_per_token * u64::from(n_ctx),
         })
     }
@@ -309,7 +313,7 @@ impl<'m> Session<'m> {
 
         // Reuse what the cache holds: the common prefix in place, later runs shifted
         // to their new positions (see `reuse`).
-        let plan = self.arrange_cache(&tokens);
+        let (plan, moved_from) = self.arrange_cache(&tokens);
         let reused = plan.reused();
         let shifted = plan.shifted();
         let _ = job.events.blocking_send(Event::Started {
@@ -345,10 +349,10 @@ impl<'m> Session<'m> {
                         .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
                 }
                 self.decode(&mut batch)?;
-                self.cached.extend_from_slice(chunk);
+                self.cached.extend_evaluated(chunk);
             }
             if let Some(run) = plan.runs.get(i) {
-                self.unpark(run, &tokens)?;
+                self.unpark(run, &moved_from)?;
             }
         }
         let evaluated = tokens.len() - reused;
@@ -416,7 +420,7 @@ impl<'m> Session<'m> {
                 .add(token, self.cached.len() as i32, &[0], true)
                 .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
             self.decode(&mut batch)?;
-            self.cached.push(token);
+            self.cached.extend_evaluated(&[token]);
             logits_index = 0;
         };
         if stop_reason != StopReason::Stop {
@@ -499,30 +503,40 @@ impl<'m> Session<'m> {
     /// `self.cached` mirrors it) and `PARKED` holds the plan's runs at their new
     /// positions, each to be moved into `MAIN` once the gap before it is evaluated.
     /// Anything llama.cpp refuses falls back to an empty cache and a full evaluation.
-    fn arrange_cache(&mut self, tokens: &[LlamaToken]) -> Plan {
+    ///
+    /// Also returns what the cache held before, which the runs come from.
+    fn arrange_cache(&mut self, tokens: &[LlamaToken]) -> (Plan, Cached<LlamaToken>) {
         // A request that failed half-way may have left runs parked.
         self.drop_parked();
-        let plan = reuse::plan(&self.cached, tokens, self.cache_reuse);
+        let plan = reuse::plan(
+            &self.cached,
+            tokens,
+            self.cache_reuse,
+            self.cache_reuse_max_drift,
+        );
         if plan.runs.is_empty() {
             self.truncate_cache(plan.prefix);
-            return Plan {
+            let plan = Plan {
                 prefix: plan.prefix.min(self.cached.len()),
                 runs: Vec::new(),
             };
+            return (plan, Cached::default());
         }
         match self.park(&plan) {
             Ok(()) => {
+                let before = self.cached.clone();
                 self.cached.truncate(plan.prefix);
-                plan
+                (plan, before)
             }
             Err(e) => {
                 tracing::warn!("cannot rearrange the KV cache ({e}); evaluating the whole prompt");
                 self.ctx.clear_kv_cache();
                 self.cached.clear();
-                Plan {
+                let plan = Plan {
                     prefix: 0,
                     runs: Vec::new(),
-                }
+                };
+                (plan, Cached::default())
             }
         }
     }
@@ -580,7 +594,7 @@ impl<'m> Session<'m> {
     }
 
     /// Moves a parked run into `MAIN`, right after what `MAIN` holds now.
-    fn unpark(&mut self, run: &Run, tokens: &[LlamaToken]) -> Result<(), ApiError> {
+    fn unpark(&mut self, run: &Run, before: &Cached<LlamaToken>) -> Result<(), ApiError> {
         debug_assert_eq!(self.cached.len(), run.to);
         let (p0, p1) = (Some(run.to as u32), Some((run.to + run.len) as u32));
         let moved = self.ctx.kv_cache_seq_cp(PARKED, MAIN, p0, p1).is_ok()
@@ -595,8 +609,7 @@ impl<'m> Session<'m> {
                 "llama.cpp refused to move cached tokens".into(),
             ));
         }
-        self.cached
-            .extend_from_slice(&tokens[run.to..run.to + run.len]);
+        self.cached.extend_moved(before, run);
         Ok(())
     }
 
