@@ -174,7 +174,12 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let http = reqwest::Client::new();
+    // A fresh connection per request: llama-server closes idle keep-alive connections,
+    // and a request sent on one that is closing fails.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .context("HTTP client")?;
     let mut runs = Vec::new();
     if args.systems != Systems::LlamaServer {
         progress(&format!(
