@@ -247,19 +247,13 @@ impl Render for TextChunks {
 
     fn done(&mut self, finish: &Finish) -> Vec<SseEvent> {
         let mut events = vec![self.chunk(&finish.model, "", Some(finish.stop.openai()))];
-        if self.include_usage {
-            events.push(data(&json!({
-                "id": self.id,
-                "object": "text_completion",
-                "created": self.created,
-                "model": finish.model,
-                "system_fingerprint": fingerprint(),
-                "choices": [],
-                "usage": finish.usage(),
-                "timings": finish.timings(),
-            })));
-        }
-        events.push(SseEvent::default().data("[DONE]"));
+        events.extend(closing_events(
+            self.include_usage,
+            &self.id,
+            "text_completion",
+            self.created,
+            finish,
+        ));
         events
     }
 
@@ -481,25 +475,45 @@ impl Render for ChatChunks {
     fn done(&mut self, finish: &Finish) -> Vec<SseEvent> {
         let mut events: Vec<SseEvent> = self.role(&finish.model).into_iter().collect();
         events.push(self.chunk(&finish.model, json!({}), Some(finish.stop.openai())));
-        if self.include_usage {
-            events.push(data(&json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": finish.model,
-                "system_fingerprint": fingerprint(),
-                "choices": [],
-                "usage": finish.usage(),
-                "timings": finish.timings(),
-            })));
-        }
-        events.push(SseEvent::default().data("[DONE]"));
+        events.extend(closing_events(
+            self.include_usage,
+            &self.id,
+            "chat.completion.chunk",
+            self.created,
+            finish,
+        ));
         events
     }
 
     fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {
         vec![data(&envelope(error))]
     }
+}
+
+/// The end of an OpenAI stream: the usage chunk when the client asked for it
+/// (`stream_options.include_usage`), then `[DONE]`.
+fn closing_events(
+    include_usage: bool,
+    id: &str,
+    object: &str,
+    created: u64,
+    finish: &Finish,
+) -> Vec<SseEvent> {
+    let mut events = Vec::with_capacity(2);
+    if include_usage {
+        events.push(data(&json!({
+            "id": id,
+            "object": object,
+            "created": created,
+            "model": finish.model,
+            "system_fingerprint": fingerprint(),
+            "choices": [],
+            "usage": finish.usage(),
+            "timings": finish.timings(),
+        })));
+    }
+    events.push(SseEvent::default().data("[DONE]"));
+    events
 }
 
 #[cfg(test)]
