@@ -429,7 +429,10 @@ impl Request<'_> {
             {
                 *score += DEFINES_NAME_BOOST;
             }
-            if *score > 0.0 && sticky.contains(&fingerprint(chunk.text(self.text))) {
+            if *score > 0.0
+                && !sticky.is_empty()
+                && sticky.contains(&fingerprint(chunk.text(self.text)))
+            {
                 *score += STICKY_BOOST;
             }
             if let Some(window) = window {
