@@ -46,6 +46,22 @@ struct DocumentState {
     pending: Vec<Edit>,
     /// Bumped when `parsed`/`pending` restart, so a stale parse is not stored back.
     epoch: u64,
+    /// Range edits applied to `rope` in this epoch.
+    revision: u64,
+    /// The revision `parsed` reflects: `pending` holds the edits from it to
+    /// `revision`. Parses finish out of order; one older than this is dropped.
+    parsed_revision: u64,
+}
+
+impl DocumentState {
+    /// Forgets the tree: the next completion parses the rope from scratch.
+    fn restart(&mut self) {
+        self.parsed = None;
+        self.pending.clear();
+        self.epoch += 1;
+        self.revision = 0;
+        self.parsed_revision = 0;
+    }
 }
 
 /// What a completion works on: a consistent copy taken under the lock.
@@ -60,13 +76,13 @@ pub struct Snapshot {
     parsed: Option<Document>,
     pending: Vec<Edit>,
     epoch: u64,
+    revision: u64,
 }
 
 impl Snapshot {
     /// Brings the tree up to date with the text. CPU work: call it on a blocking
     /// thread. Returns the document and a token to store it back with.
     pub fn into_document(self, engine: &ContextEngine) -> (Document, ParsedToken) {
-        let applied = self.pending.len();
         let document = match self.parsed {
             Some(mut document) => {
                 for edit in self.pending {
@@ -80,7 +96,7 @@ impl Snapshot {
         let token = ParsedToken {
             uri: self.uri,
             epoch: self.epoch,
-            applied,
+            revision: self.revision,
         };
         (document, token)
     }
@@ -91,7 +107,7 @@ impl Snapshot {
 pub struct ParsedToken {
     uri: Uri,
     epoch: u64,
-    applied: usize,
+    revision: u64,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +145,8 @@ impl DocumentStore {
                 parsed: None,
                 pending: Vec::new(),
                 epoch,
+                revision: 0,
+                parsed_revision: 0,
             },
         );
     }
@@ -168,19 +186,16 @@ impl DocumentStore {
                         range: start_byte..end_byte,
                         text: change.text,
                     });
+                    state.revision += 1;
                 }
                 None => {
                     state.rope = Rope::from_str(&change.text);
-                    state.parsed = None;
-                    state.pending.clear();
-                    state.epoch += 1;
+                    state.restart();
                 }
             }
         }
         if state.pending.len() > MAX_PENDING_EDITS {
-            state.parsed = None;
-            state.pending.clear();
-            state.epoch += 1;
+            state.restart();
         }
         state.version = version;
         Ok(true)
@@ -206,18 +221,26 @@ impl DocumentStore {
             parsed: state.parsed.clone(),
             pending: state.pending.clone(),
             epoch: state.epoch,
+            revision: state.revision,
         })
     }
 
-    /// Keeps a parse made from a snapshot, unless the document restarted since.
+    /// Keeps a parse made from a snapshot, unless the document restarted since or
+    /// a parse of a later revision is already kept.
     pub fn store_parsed(&self, token: ParsedToken, document: Document) {
         let mut documents = self.lock();
-        if let Some(state) = documents.get_mut(&token.uri) {
-            if state.epoch == token.epoch && state.pending.len() >= token.applied {
-                state.pending.drain(..token.applied);
-                state.parsed = Some(document);
-            }
+        let Some(state) = documents.get_mut(&token.uri) else {
+            return;
+        };
+        if state.epoch != token.epoch || token.revision < state.parsed_revision {
+            return;
         }
+        let applied = usize::try_from(token.revision - state.parsed_revision)
+            .unwrap_or(usize::MAX)
+            .min(state.pending.len());
+        state.pending.drain(..applied);
+        state.parsed_revision = token.revision;
+        state.parsed = Some(document);
     }
 
     pub fn len(&self) -> usize {
@@ -358,6 +381,37 @@ mod tests {
         store.store_parsed(token, document);
         let (document, _) = store.snapshot(&uri).unwrap().into_document(&engine);
         assert_eq!(document.text(), "a = 1\nb = 2\nc = 3\n");
+    }
+
+    /// The parse `didOpen` starts can finish after a completion parsed the edited
+    /// text: the older parse must not replace the newer one (found on a slow CI
+    /// machine, where the completion then saw the text as it was when opened).
+    #[test]
+    fn a_parse_that_finishes_late_does_not_replace_a_newer_one() {
+        let engine = ContextEngine::new(EngineConfig::default()).unwrap();
+        let store = DocumentStore::default();
+        let uri = uri("e.py");
+        store.open(uri.clone(), "python", 1, "def f():\n");
+        let (opened, opened_token) = store.snapshot(&uri).unwrap().into_document(&engine);
+        store
+            .change(&uri, 2, vec![edit((1, 0), (1, 0), "    ret")], Encoding::Utf16)
+            .unwrap();
+        store
+            .change(&uri, 3, vec![edit((1, 7), (1, 7), "urn")], Encoding::Utf16)
+            .unwrap();
+        let (edited, edited_token) = store.snapshot(&uri).unwrap().into_document(&engine);
+        store.store_parsed(edited_token, edited);
+        store.store_parsed(opened_token, opened);
+
+        let expected = "def f():\n    return";
+        let (document, token) = store.snapshot(&uri).unwrap().into_document(&engine);
+        assert_eq!(document.text(), expected);
+        store.store_parsed(token, document);
+        store
+            .change(&uri, 4, vec![edit((1, 10), (1, 10), " 1")], Encoding::Utf16)
+            .unwrap();
+        let (document, _) = store.snapshot(&uri).unwrap().into_document(&engine);
+        assert_eq!(document.text(), "def f():\n    return 1");
     }
 
     #[test]
