@@ -1,8 +1,12 @@
-//! One generation, from a context to a trimmed answer: builds the vps-infer request
-//! (fill-in-the-middle, or a plain continuation for models without FIM tokens),
-//! streams the tokens, publishes the growing text, and stops as soon as trimming
-//! says the answer is complete. It knows nothing of LSP, so an HTTP endpoint can
-//! reuse it.
+//! One generation, from a prompt to an answer: the one place that builds the
+//! vps-infer request (fill-in-the-middle, a plain continuation for models without FIM
+//! tokens, or an instruction whose answer is a fenced block), opens the stream (falling
+//! back from FIM once per model), and, for editors, trims the growing text and stops
+//! as soon as trimming says the answer is complete.
+//!
+//! Every front end goes through here: the LSP session and the refactor pipeline call
+//! [`generate`]; the script endpoint ([`crate::http::service`]), which streams raw
+//! tokens to its client, calls [`open`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,8 +17,10 @@ use tokio::time::Instant;
 
 use crate::backend::{
     BackendClient, BackendError, ExtraChunk, GenerationStats, InferenceRequest, StreamEvent,
+    TokenStream,
 };
 use crate::config::CompletionConfig;
+use crate::edge::Backend;
 use crate::trim::TrimContext;
 
 /// What to generate from.
@@ -24,6 +30,12 @@ pub enum Prompt {
     Fim {
         prefix: String,
         suffix: String,
+        extra: Vec<ExtraChunk>,
+    },
+    /// Continue `prefix`, with `extra` chunks before it (a script's prompt without
+    /// a suffix).
+    Continue {
+        prefix: String,
         extra: Vec<ExtraChunk>,
     },
     /// An instruction-first prompt whose answer is a fenced code block.
@@ -42,12 +54,24 @@ pub struct GenerationInput {
 }
 
 /// Hooks for a caller that shows progress.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Observer {
     /// Receives the growing trimmed text, at line ends or every `partial_interval`.
     pub partials: Option<watch::Sender<String>>,
     /// Fires when the first token arrives.
     pub first_token: Option<oneshot::Sender<()>>,
+    /// Called with the number of tokens so far, after each one.
+    pub tokens: Option<Box<dyn FnMut(u64) + Send>>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("partials", &self.partials.is_some())
+            .field("first_token", &self.first_token.is_some())
+            .field("tokens", &self.tokens.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +84,8 @@ pub struct Generated {
     pub cut_early: bool,
     /// The caller's deadline passed; `text` is what had arrived by then.
     pub deadline_hit: bool,
+    /// Tokens that arrived.
+    pub tokens: u64,
     /// vps-infer's statistics, when it finished the stream.
     pub stats: Option<GenerationStats>,
 }
@@ -103,7 +129,9 @@ pub fn plain_prompt(prefix: &str, extra: &[ExtraChunk]) -> String {
     prompt
 }
 
-fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
+/// The vps-infer request for `input`, in its fill-in-the-middle form when `fim`
+/// (a FIM prompt only; other prompts ignore it).
+pub fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
     let settings = &input.settings;
     let mut request = InferenceRequest {
         model: input.model.clone(),
@@ -125,7 +153,9 @@ fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
             request.suffix = Some(suffix.clone());
             request.extra = extra.clone();
         }
-        Prompt::Fim { prefix, extra, .. } => request.prompt = plain_prompt(prefix, extra),
+        Prompt::Fim { prefix, extra, .. } | Prompt::Continue { prefix, extra } => {
+            request.prompt = plain_prompt(prefix, extra);
+        }
         Prompt::Instruction { prompt } => {
             request.prompt = prompt.clone();
             request.stop.push("```".into());
@@ -134,30 +164,47 @@ fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
     request
 }
 
+/// Whether `input` goes out as fill-in-the-middle first: a FIM prompt, for a model
+/// not known to lack FIM tokens.
+pub fn wants_fim(fim_memory: &FimMemory, input: &GenerationInput) -> bool {
+    matches!(input.prompt, Prompt::Fim { .. })
+        && input.fim != Some(false)
+        && !fim_memory.lacks_fim(input.model.as_deref())
+}
+
+/// A stream from vps-infer, and whether its request went out as fill-in-the-middle.
+#[derive(Debug)]
+pub struct Opened {
+    pub stream: TokenStream,
+    pub fim: bool,
+}
+
+/// Sends `input` to vps-infer and waits for it to accept: as fill-in-the-middle
+/// when [`wants_fim`], falling back to the plain form (and remembering the model)
+/// when vps-infer says the model has no FIM tokens.
+pub async fn open(backend: &Backend, input: &GenerationInput) -> Result<Opened, BackendError> {
+    let fim = wants_fim(&backend.fim, input);
+    match backend.client.stream(&request_for(input, fim)).await {
+        Ok(stream) => Ok(Opened { stream, fim }),
+        Err(err) if fim && err.is_fim_unsupported() => {
+            tracing::info!(model = ?input.model, "model has no FIM tokens; using plain completions");
+            backend.fim.remember_no_fim(input.model.as_deref());
+            let stream = backend.client.stream(&request_for(input, false)).await?;
+            Ok(Opened { stream, fim: false })
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// Runs one generation. `deadline` bounds the whole call: when it passes, the
 /// text that has arrived is the answer.
 pub async fn generate(
-    backend: &BackendClient,
-    fim_memory: &FimMemory,
+    backend: &Backend,
     input: &GenerationInput,
     mut observer: Observer,
     deadline: Option<Instant>,
 ) -> Result<Generated, BackendError> {
-    let wants_fim = matches!(input.prompt, Prompt::Fim { .. })
-        && input.fim != Some(false)
-        && !fim_memory.lacks_fim(input.model.as_deref());
-    let mut fim = wants_fim;
-    let start = async {
-        match backend.stream(&request_for(input, fim)).await {
-            Err(err) if fim && err.is_fim_unsupported() => {
-                tracing::info!(model = ?input.model, "model has no FIM tokens; using plain completions");
-                fim_memory.remember_no_fim(input.model.as_deref());
-                fim = false;
-                backend.stream(&request_for(input, false)).await
-            }
-            other => other,
-        }
-    };
+    let start = open(backend, input);
     let started = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, start).await.ok(),
         None => Some(start.await),
@@ -166,19 +213,20 @@ pub async fn generate(
         // The budget ran out before vps-infer answered: nothing to show yet.
         return Ok(Generated {
             text: String::new(),
-            fim,
+            fim: wants_fim(&backend.fim, input),
             cut_early: false,
             deadline_hit: true,
+            tokens: 0,
             stats: None,
         });
     };
-    let mut stream = started?;
+    let Opened { mut stream, fim } = started?;
 
     let trim = match &input.prompt {
         Prompt::Fim { prefix, suffix, .. } => {
             Some(TrimContext::new(prefix, suffix, input.settings.max_lines))
         }
-        Prompt::Instruction { .. } => None,
+        Prompt::Continue { .. } | Prompt::Instruction { .. } => None,
     };
     let interval = input.settings.partial_interval();
     let mut raw = String::new();
@@ -187,6 +235,7 @@ pub async fn generate(
     let mut cut_early = false;
     let mut deadline_hit = false;
     let mut stats = None;
+    let mut tokens = 0;
 
     loop {
         let event = match deadline {
@@ -210,6 +259,10 @@ pub async fn generate(
         };
         if let Some(first) = observer.first_token.take() {
             let _ = first.send(());
+        }
+        tokens += 1;
+        if let Some(report) = &mut observer.tokens {
+            report(tokens);
         }
         raw.push_str(&token);
         let view = match &trim {
@@ -256,6 +309,7 @@ pub async fn generate(
         fim,
         cut_early,
         deadline_hit,
+        tokens,
         stats,
     })
 }

@@ -29,8 +29,9 @@ use anyhow::Context as _;
 use cerebrum_context::{ContextEngine, EngineConfig, Language};
 use serde::Serialize;
 
-use crate::backend::{InferenceRequest, StreamEvent};
-use crate::config::{Config, Overrides};
+use crate::backend::StreamEvent;
+use crate::completion::{self, GenerationInput, Opened, Prompt};
+use crate::config::{CompletionConfig, Config, Overrides};
 use crate::edge::Edge;
 use crate::http::stats::HttpStats;
 use crate::http::{Completer, CompletionRequest};
@@ -504,17 +505,25 @@ async fn run_window(
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let (prefix, suffix) = plain_window(&case.prompt, &case.suffix, before, after);
-    let request = InferenceRequest {
-        prompt: prefix,
-        suffix: Some(suffix),
+    // The window goes out as it is: no context engine, no trimming.
+    let input = GenerationInput {
+        prompt: Prompt::Fim {
+            prefix,
+            suffix,
+            extra: Vec::new(),
+        },
         model: args.model.clone(),
-        max_tokens: args.max_tokens,
-        temperature: 0.0,
-        stop: vec!["\n".into()],
-        stream: true,
-        ..InferenceRequest::default()
+        fim: None,
+        settings: CompletionConfig {
+            max_tokens: args.max_tokens,
+            temperature: 0.0,
+            top_p: None,
+            seed: None,
+            stop: vec!["\n".into()],
+            ..CompletionConfig::default()
+        },
     };
-    let mut stream = edge.backend.client.stream(&request).await?;
+    let Opened { mut stream, .. } = completion::open(&edge.backend, &input).await?;
     let mut raw = String::new();
     while let Some(event) = stream.next().await {
         match event? {

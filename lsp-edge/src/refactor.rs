@@ -24,9 +24,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tree_sitter::Node;
 
-use crate::backend::{BackendClient, BackendError, InferenceRequest, StreamEvent};
-use crate::config::Task;
-use crate::edge::Edge;
+use crate::backend::BackendError;
+use crate::completion::{self, GenerationInput, Observer, Prompt};
+use crate::config::{CompletionConfig, Task};
+use crate::edge::{Backend, Edge};
 use crate::limiter::{GenerationLimiter, Overloaded};
 
 /// The first attempt's temperature; the retry is greedy (0).
@@ -80,7 +81,7 @@ pub struct RefactorRequest {
 #[derive(Debug, Clone)]
 pub struct RefactorEnv {
     pub engine: Arc<ContextEngine>,
-    pub backend: BackendClient,
+    pub backend: Backend,
     pub limiter: GenerationLimiter,
     /// `None`: vps-infer's default model.
     pub model: Option<String>,
@@ -91,7 +92,7 @@ impl RefactorEnv {
     pub fn shared(edge: &Edge, language: Language) -> RefactorEnv {
         RefactorEnv {
             engine: edge.engine.clone(),
-            backend: edge.backend.client.clone(),
+            backend: edge.backend.clone(),
             limiter: edge.limiter.clone(),
             model: edge.config.models.model_for(language, Task::Refactor),
         }
@@ -238,6 +239,8 @@ struct Answer {
     cut_off: bool,
 }
 
+/// One attempt through the completion pipeline: an instruction prompt, whose answer
+/// ends at the closing fence.
 async fn generate(
     env: &RefactorEnv,
     plan: &Plan,
@@ -246,53 +249,45 @@ async fn generate(
     progress: Option<&watch::Sender<RefactorProgress>>,
     cancel: &CancellationToken,
 ) -> Result<Answer, RefactorError> {
-    let request = InferenceRequest {
-        prompt: plan.prompt.clone(),
+    let input = GenerationInput {
+        prompt: Prompt::Instruction {
+            prompt: plan.prompt.clone(),
+        },
         model: env.model.clone(),
-        max_tokens: plan.max_tokens,
-        temperature,
-        stop: vec!["```".into()],
-        stream: true,
-        ..InferenceRequest::default()
+        fim: None,
+        settings: CompletionConfig {
+            max_tokens: plan.max_tokens,
+            temperature,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            ..CompletionConfig::default()
+        },
     };
-    let report = |tokens| {
-        if let Some(progress) = progress {
+    let progress = progress.cloned();
+    let report = move |tokens| {
+        if let Some(progress) = &progress {
             progress.send_replace(RefactorProgress { attempt, tokens });
         }
     };
     report(0);
-    let mut stream = tokio::select! {
+    let observer = Observer {
+        tokens: Some(Box::new(report)),
+        ..Observer::default()
+    };
+    // Cancelling drops the generation, and with it the stream: vps-infer stops.
+    let generated = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(RefactorError::Cancelled),
-        stream = env.backend.stream(&request) => stream?,
+        generated = completion::generate(&env.backend, &input, observer, None) => generated?,
     };
-    let mut answer = Answer {
-        text: String::new(),
-        tokens: 0,
-        cut_off: false,
-    };
-    loop {
-        // Returning drops `stream`, and with it the HTTP response: vps-infer stops.
-        let event = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(RefactorError::Cancelled),
-            event = stream.next() => event,
-        };
-        match event {
-            None => break,
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(StreamEvent::Done(stats))) => {
-                answer.cut_off = stats.stop_reason == "length";
-                break;
-            }
-            Some(Ok(StreamEvent::Token(token))) => {
-                answer.text.push_str(&token);
-                answer.tokens += 1;
-                report(answer.tokens);
-            }
-        }
-    }
-    Ok(answer)
+    Ok(Answer {
+        cut_off: generated
+            .stats
+            .is_some_and(|stats| stats.stop_reason == "length"),
+        text: generated.text,
+        tokens: generated.tokens,
+    })
 }
 
 /// Everything decided before the model runs; `accept` turns an answer into the

@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::cache::AnswerCache;
 use super::stats::HttpStats;
 use crate::backend::{BackendError, ExtraChunk, InferenceRequest, StreamEvent, TokenStream};
-use crate::completion::plain_prompt;
-use crate::config::Task;
+use crate::completion::{self, GenerationInput, Opened, Prompt};
+use crate::config::{CompletionConfig, Task};
 use crate::edge::Edge;
 use crate::limiter::{GenerationPermit, Overloaded};
 
@@ -135,14 +135,10 @@ pub enum GenerationEvent {
     Done(Box<Summary>),
 }
 
-/// A request ready to send: the vps-infer request(s) and what the engine did.
+/// A request ready to send: the pipeline's input and what the engine did.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// The fill-in-the-middle form, when the request has a suffix and the model is
-    /// not known to lack FIM tokens.
-    fim: Option<InferenceRequest>,
-    /// The plain form (context chunks, then the prefix).
-    plain: InferenceRequest,
+    input: GenerationInput,
     chunking: ChunkingStats,
     /// Set at temperature 0: the assembled request, which is the cache key.
     cache_key: Option<String>,
@@ -150,9 +146,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The request that goes out first (tests and logs).
-    pub fn request(&self) -> &InferenceRequest {
-        self.fim.as_ref().unwrap_or(&self.plain)
+    /// The request that goes out first, unless vps-infer has since said that the
+    /// model lacks FIM tokens (tests and logs).
+    pub fn request(&self) -> InferenceRequest {
+        completion::request_for(&self.input, self.input.fim != Some(false))
     }
 
     pub fn chunking(&self) -> &ChunkingStats {
@@ -189,8 +186,7 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
     let chars_before =
         request.prompt.chars().count() + request.suffix.as_deref().map_or(0, |s| s.chars().count());
     let mut chunking = ChunkingStats::untouched(chars_before);
-    let mut stop = request.stop.clone();
-    let (prompt, suffix, extra, task) = if needs_context(&request) {
+    let (prompt, task) = if needs_context(&request) {
         let mut text = request.prompt.clone();
         let cursor = text.len();
         if let Some(suffix) = &request.suffix {
@@ -224,9 +220,8 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
         match context.mode {
             Mode::Instruction => {
                 // The answer is the body of the fenced block the prompt opens.
-                stop.push("```".into());
                 let prompt = context.prompt.unwrap_or_default();
-                (prompt, None, Vec::new(), Task::Refactor)
+                (Prompt::Instruction { prompt }, Task::Refactor)
             }
             Mode::Fim => {
                 let extra = context
@@ -237,47 +232,56 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
                         text: chunk.text,
                     })
                     .collect();
-                let suffix = request.suffix.is_some().then_some(context.suffix);
-                (context.prefix, suffix, extra, Task::Completion)
+                let prompt = match request.suffix {
+                    Some(_) => Prompt::Fim {
+                        prefix: context.prefix,
+                        suffix: context.suffix,
+                        extra,
+                    },
+                    None => Prompt::Continue {
+                        prefix: context.prefix,
+                        extra,
+                    },
+                };
+                (prompt, Task::Completion)
             }
         }
     } else {
-        (request.prompt, request.suffix, Vec::new(), Task::Completion)
+        let prompt = match request.suffix {
+            Some(suffix) => Prompt::Fim {
+                prefix: request.prompt,
+                suffix,
+                extra: Vec::new(),
+            },
+            None => Prompt::Continue {
+                prefix: request.prompt,
+                extra: Vec::new(),
+            },
+        };
+        (prompt, Task::Completion)
     };
     let model = request
         .model
         .or_else(|| config.models.model_for(request.language, task));
-    let base = InferenceRequest {
-        model: model.clone(),
-        max_tokens: request.max_tokens,
-        temperature: request.temperature,
-        top_p: config.completion.top_p,
-        seed: config.completion.seed,
-        stop,
-        stream: true,
-        ..InferenceRequest::default()
-    };
-    let plain = InferenceRequest {
-        prompt: plain_prompt(&prompt, &extra),
-        ..base.clone()
-    };
-    let fim = match suffix {
-        Some(suffix) if config.models.fim(model.as_deref()) != Some(false) => {
-            Some(InferenceRequest {
-                prompt,
-                suffix: Some(suffix),
-                extra,
-                ..base
-            })
-        }
-        _ => None,
+    let input = GenerationInput {
+        prompt,
+        fim: config.models.fim(model.as_deref()),
+        model,
+        settings: CompletionConfig {
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
+            stop: request.stop,
+            ..config.completion.clone()
+        },
     };
     let cache_key = (request.temperature == 0.0)
-        .then(|| serde_json::to_string(fim.as_ref().unwrap_or(&plain)).ok())
+        .then(|| {
+            let first = completion::request_for(&input, input.fim != Some(false));
+            serde_json::to_string(&first).ok()
+        })
         .flatten();
     Prepared {
-        fim,
-        plain,
+        input,
         chunking,
         cache_key,
         received,
@@ -342,31 +346,9 @@ impl Completer {
         let permit = self.edge.limiter.try_acquire().inspect_err(|_| {
             self.stats.shed.inc();
         })?;
-        let backend = &self.edge.backend;
-        let model = prepared.plain.model.clone();
         let sent = Instant::now();
-        let opened = match &prepared.fim {
-            Some(fim) if !backend.fim.lacks_fim(model.as_deref()) => {
-                match backend.client.stream(fim).await {
-                    Err(err) if err.is_fim_unsupported() => {
-                        tracing::info!(?model, "model has no FIM tokens; using plain completions");
-                        backend.fim.remember_no_fim(model.as_deref());
-                        backend
-                            .client
-                            .stream(&prepared.plain)
-                            .await
-                            .map(|s| (s, false))
-                    }
-                    other => other.map(|s| (s, true)),
-                }
-            }
-            _ => backend
-                .client
-                .stream(&prepared.plain)
-                .await
-                .map(|s| (s, false)),
-        };
-        let (stream, fim) = opened.inspect_err(|err| match err {
+        let opened = completion::open(&self.edge.backend, &prepared.input).await;
+        let Opened { stream, fim } = opened.inspect_err(|err| match err {
             BackendError::BreakerOpen(_) => self.stats.breaker_refused.inc(),
             _ => self.stats.failed.inc(),
         })?;
@@ -384,7 +366,7 @@ impl Completer {
             token_sent: false,
             text: String::new(),
             fim,
-            model: prepared.plain.model.clone(),
+            model: prepared.input.model.clone(),
             chunking: prepared.chunking,
             cache_key: prepared.cache_key,
             received: prepared.received,
@@ -636,17 +618,18 @@ mod tests {
         let mut req = request("def add(a, b):\n    ");
         req.suffix = Some("\n\nprint(add(1, 2))\n".into());
         let prepared = assemble(&edge(), req.clone(), Instant::now());
-        let fim = prepared.fim.as_ref().unwrap();
+        let fim = prepared.request();
         assert_eq!(fim.suffix.as_deref(), Some("\n\nprint(add(1, 2))\n"));
-        assert_eq!(prepared.plain.prompt, "def add(a, b):\n    ");
-        assert_eq!(prepared.plain.suffix, None);
+        let plain = completion::request_for(&prepared.input, false);
+        assert_eq!(plain.prompt, "def add(a, b):\n    ");
+        assert_eq!(plain.suffix, None);
 
         // A model the config says lacks FIM tokens goes out plain at once.
         let mut config = Config::default();
         config.models.completion = Some("smollm2-135m".into());
         config.models.fim.insert("smollm2-135m".into(), false);
         let prepared = assemble(&Edge::new(config).unwrap(), req, Instant::now());
-        assert!(prepared.fim.is_none());
+        assert_eq!(prepared.request().suffix, None);
     }
 
     #[test]

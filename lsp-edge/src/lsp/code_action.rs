@@ -321,7 +321,7 @@ async fn run_in_span(
 
     let env = RefactorEnv {
         engine: cx.edge.engine.clone(),
-        backend: cx.backend.client.clone(),
+        backend: cx.backend.clone(),
         limiter: cx.edge.limiter.clone(),
         model: cx.config.models.model_for(language, Task::Refactor),
     };

@@ -469,10 +469,11 @@ impl Session {
         let observer = Observer {
             partials,
             first_token: Some(first_token),
+            tokens: None,
         };
         let backend = &settings.backend;
         let generation =
-            completion::generate(&backend.client, &backend.fim, &input, observer, deadline);
+            completion::generate(backend, &input, observer, deadline);
         let forward = forward_partials(&self.client, partial_rx, partial, cursor);
         let (generated, ()) = tokio::join!(generation, forward);
         let generated = generated?;
