@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use cerebrum_context::{ContextEngine, ContextError};
 
-use crate::backend::{BackendClient, BackendError};
-use crate::breaker::{CircuitBreaker, Clock, SystemClock};
-use crate::completion::FimMemory;
+use crate::backend::breaker::{CircuitBreaker, Clock, SystemClock};
+use crate::backend::limiter::GenerationLimiter;
+use crate::backend::{Backend, BackendClient, BackendError, FimMemory};
 use crate::config::{BackendConfig, Config};
-use crate::limiter::GenerationLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -27,13 +26,6 @@ pub struct Edge {
     pub backend: Backend,
     pub limiter: GenerationLimiter,
     clock: Arc<dyn Clock>,
-}
-
-/// A vps-infer client and what has been learnt about its models.
-#[derive(Debug, Clone)]
-pub struct Backend {
-    pub client: BackendClient,
-    pub fim: FimMemory,
 }
 
 impl Edge {

@@ -2,24 +2,18 @@
 //! open documents, asks the context engine what the model should see, streams the
 //! completion from vps-infer and trims it. It never loads a model.
 //!
-//! Module map: [`config`] (one typed configuration); [`backend`] (the vps-infer
-//! client), [`breaker`] (its circuit breaker), [`limiter`] (generations in flight),
-//! [`completion`] (one generation, protocol-free) and [`trim`] (cutting an answer to
-//! size) know nothing of LSP and serve any front end; [`lsp`] is the language
-//! server; [`connect`] the stdio-to-TCP bridge; [`eval`] the quality evaluation; [`edge`] the state they share.
+//! The folders follow the data: front ends ([`lsp`], the language server; [`http`],
+//! the endpoint for scripts; [`cli`], the command line) only translate their
+//! protocol into calls to the completion [`pipeline`] (context → request → token
+//! stream → trimming, and refactors), which reaches vps-infer through [`backend`]
+//! (the client, its circuit breaker and the generation limiter). [`config`] is the
+//! one typed configuration and [`edge`] the state every front end shares. Core
+//! modules never import a front end.
 
 pub mod backend;
-pub mod breaker;
 pub mod cli;
-pub mod complete_cmd;
-pub mod completion;
 pub mod config;
-pub mod connect;
-pub mod context_cmd;
 pub mod edge;
-pub mod eval;
 pub mod http;
-pub mod limiter;
 pub mod lsp;
-pub mod refactor;
-pub mod trim;
+pub mod pipeline;

@@ -22,10 +22,12 @@ fn main() -> anyhow::Result<()> {
 
     match cli.command {
         Command::Serve(args) => run(lsp_edge::cli::serve(args)),
-        Command::Connect(args) => run(async move { Ok(lsp_edge::connect::run(&args.addr).await?) }),
-        Command::Context(args) => lsp_edge::context_cmd::run(args),
-        Command::Complete(args) => run(lsp_edge::complete_cmd::run(args)),
-        Command::Eval(args) => run(lsp_edge::eval::run(args)),
+        Command::Connect(args) => {
+            run(async move { Ok(lsp_edge::cli::connect::run(&args.addr).await?) })
+        }
+        Command::Context(args) => lsp_edge::cli::context::run(args),
+        Command::Complete(args) => run(lsp_edge::cli::complete::run(args)),
+        Command::Eval(args) => run(lsp_edge::cli::eval::run(args)),
     }
 }
 

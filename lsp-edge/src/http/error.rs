@@ -8,8 +8,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::service::CompleteError;
 use crate::backend::BackendError;
+use crate::pipeline::script::CompleteError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -191,8 +191,8 @@ impl From<CompleteError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::BreakerOpen;
-    use crate::limiter::Overloaded;
+    use crate::backend::breaker::BreakerOpen;
+    use crate::backend::limiter::Overloaded;
 
     #[test]
     fn refusals_are_503_with_retry_after() {

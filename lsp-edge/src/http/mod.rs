@@ -4,17 +4,13 @@
 //!
 //! It shares the edge with the LSP side: the context engine, the vps-infer client
 //! with its circuit breaker, and the generation limiter, so a script and an editor
-//! compete for the same two slots. [`service`] holds the logic, free of HTTP;
-//! [`routes`] only translates; [`app`] builds the router so tests can call it
-//! without a socket.
+//! compete for the same two slots. The logic is the pipeline's
+//! ([`crate::pipeline::script`]), free of HTTP; [`routes`] only translates; [`app`]
+//! builds the router so tests can call it without a socket.
 
-pub mod cache;
-pub mod config;
 pub mod error;
 pub mod routes;
 pub mod server;
-pub mod service;
-pub mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,13 +24,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::HttpConfig;
 pub use error::ApiError;
-pub use service::{Completer, CompletionRequest, Generation, GenerationEvent, Summary};
 
 use crate::config::Secret;
 use crate::edge::Edge;
-use stats::HttpStats;
+use crate::pipeline::script::Completer;
+use crate::pipeline::stats::HttpStats;
 
 /// Request bodies past this size are refused with 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -21,13 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::service::{CompletionRequest, Generation, GenerationEvent, Summary};
-use super::stats::{breaker_state_name, prometheus_text, Gauges};
 use super::{HttpState, MAX_BODY_BYTES};
+use crate::backend::breaker::BreakerState;
 use crate::backend::BackendError;
-use crate::breaker::BreakerState;
-use crate::config::CompletionConfig;
-use crate::refactor::{RefactorError, RefactorOutcome};
+use crate::pipeline::refactor::{RefactorError, RefactorOutcome};
+use crate::pipeline::script::{CompleteBody, Generation, GenerationEvent, Summary};
+use crate::pipeline::stats::{breaker_state_name, prometheus_text, Gauges};
 
 /// A JSON body whose errors use the envelope: 413 past the size limit, 400 naming
 /// the field that is wrong. The content type is not checked, so `curl -d` works.
@@ -115,68 +114,6 @@ fn field_error<E: std::fmt::Display>(prefix: &str, err: serde_path_to_error::Err
         ApiError::InvalidRequest(format!("invalid JSON body: {inner}"))
     } else {
         ApiError::InvalidRequest(format!("{field}: {inner}"))
-    }
-}
-
-/// `POST /v1/complete`'s body (and a batch item's).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompleteBody {
-    pub prompt: String,
-    /// A language name or file extension; unknown ones are chunked by characters.
-    pub language: Option<String>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
-    #[serde(default)]
-    pub stream: bool,
-    pub suffix: Option<String>,
-    /// The file's path, for chunk labels and stable context across requests.
-    pub path: Option<String>,
-    pub instruction: Option<String>,
-    pub model: Option<String>,
-    #[serde(default)]
-    pub stop: Vec<String>,
-}
-
-impl CompleteBody {
-    /// Checks the values; the error names the field.
-    pub fn into_request(self, defaults: &CompletionConfig) -> Result<CompletionRequest, String> {
-        let max_tokens = self.max_tokens.unwrap_or(defaults.max_tokens);
-        if !(1..=4096).contains(&max_tokens) {
-            return Err(format!("max_tokens: {max_tokens} is outside 1..=4096"));
-        }
-        let temperature = self.temperature.unwrap_or(defaults.temperature);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(format!("temperature: {temperature} is outside 0..=2"));
-        }
-        if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
-            return Err("prompt: must not be empty".into());
-        }
-        if self
-            .instruction
-            .as_deref()
-            .is_some_and(|text| text.trim().is_empty())
-        {
-            return Err("instruction: must not be empty when given".into());
-        }
-        if self.stop.len() > 16 {
-            return Err("stop: at most 16 strings".into());
-        }
-        let language = self
-            .language
-            .as_deref()
-            .map_or(Language::Other, Language::from_name);
-        Ok(CompletionRequest {
-            prompt: self.prompt,
-            suffix: self.suffix,
-            language,
-            path: self.path.filter(|path| !path.is_empty()),
-            instruction: self.instruction,
-            model: self.model.filter(|model| !model.is_empty()),
-            max_tokens,
-            temperature,
-            stop: self.stop,
-        })
     }
 }
 
@@ -435,8 +372,14 @@ pub async fn refactor(
         app.stats().requests.inc();
         let mut guard = CancelGuard(Some(&app));
         let cancel = app.shutdown.child_token();
-        let outcome =
-            crate::refactor::refactor(app.edge(), &body.code, language, instruction, cancel).await;
+        let outcome = crate::pipeline::refactor::refactor(
+            app.edge(),
+            &body.code,
+            language,
+            instruction,
+            cancel,
+        )
+        .await;
         guard.0 = None;
         let outcome: RefactorOutcome = outcome.map_err(|err| {
             let stats = app.stats();
@@ -566,7 +509,7 @@ fn gauges(app: &HttpState) -> Gauges {
 }
 
 /// `GET /v1/stats`.
-pub async fn stats(State(app): State<HttpState>) -> Json<super::stats::StatsSnapshot> {
+pub async fn stats(State(app): State<HttpState>) -> Json<crate::pipeline::stats::StatsSnapshot> {
     Json(app.stats().snapshot(gauges(&app)))
 }
 

@@ -25,9 +25,10 @@ use tracing::Instrument;
 
 use super::documents::DocumentStore;
 use super::position::{self, Encoding};
+use crate::backend::Backend;
 use crate::config::{Config, Task};
-use crate::edge::{Backend, Edge};
-use crate::refactor::{
+use crate::edge::Edge;
+use crate::pipeline::refactor::{
     self, RefactorEnv, RefactorError, RefactorOutcome, RefactorProgress, RefactorRequest, Target,
 };
 

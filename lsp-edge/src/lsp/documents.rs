@@ -394,7 +394,12 @@ mod tests {
         store.open(uri.clone(), "python", 1, "def f():\n");
         let (opened, opened_token) = store.snapshot(&uri).unwrap().into_document(&engine);
         store
-            .change(&uri, 2, vec![edit((1, 0), (1, 0), "    ret")], Encoding::Utf16)
+            .change(
+                &uri,
+                2,
+                vec![edit((1, 0), (1, 0), "    ret")],
+                Encoding::Utf16,
+            )
             .unwrap();
         store
             .change(&uri, 3, vec![edit((1, 7), (1, 7), "urn")], Encoding::Utf16)

@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tower_lsp_server::jsonrpc;
 
+use crate::config::LimitsConfig;
+
 /// JSON-RPC error codes.
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
@@ -42,6 +44,16 @@ impl FrameLimits {
         max_message_bytes: usize::MAX,
         max_first_message_bytes: usize::MAX,
     };
+
+    /// The limits the configuration sets. The first message (`initialize`, read
+    /// before the session token is checked) gets at most 1 MiB.
+    pub fn from_config(limits: &LimitsConfig) -> FrameLimits {
+        FrameLimits {
+            max_header_bytes: limits.max_header_bytes,
+            max_message_bytes: limits.max_message_bytes,
+            max_first_message_bytes: limits.max_message_bytes.min(1024 * 1024),
+        }
+    }
 }
 
 /// A message whose framing was intact but whose body is unusable; the session goes on.

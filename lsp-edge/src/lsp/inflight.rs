@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio_util::sync::CancellationToken;
 use tower_lsp_server::lsp_types::Uri;
 
-use crate::limiter::GenerationPermit;
+use crate::backend::limiter::GenerationPermit;
 
 type PermitSlot = Arc<Mutex<Option<GenerationPermit>>>;
 
@@ -122,7 +122,7 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::GenerationLimiter;
+    use crate::backend::limiter::GenerationLimiter;
 
     fn uri(name: &str) -> Uri {
         format!("file:///{name}").parse().unwrap()

@@ -41,7 +41,7 @@ where
 {
     let closed = CancellationToken::new();
     let concurrency = edge.config.session_concurrency;
-    let limits = edge.config.limits.frame_limits();
+    let limits = FrameLimits::from_config(&edge.config.limits);
     let (service, socket) = LspService::build(|client| Session::new(client, edge, closed.clone()))
         .custom_method("textDocument/inlineCompletion", Session::inline_completion)
         .finish();

@@ -30,12 +30,13 @@ use super::documents::{DocumentError, DocumentStore};
 use super::inflight::InFlight;
 use super::position::{self, Encoding};
 use super::typed_ahead::TypedAhead;
+use crate::backend::breaker::BreakerState;
+use crate::backend::limiter::Overloaded;
+use crate::backend::Backend;
 use crate::backend::{BackendClient, BackendError, ExtraChunk};
-use crate::breaker::BreakerState;
-use crate::completion::{self, GenerationInput, Observer, Prompt};
 use crate::config::{Config, ConfigError, Task};
-use crate::edge::{Backend, Edge};
-use crate::limiter::Overloaded;
+use crate::edge::Edge;
+use crate::pipeline::{self, GenerationInput, Observer, Prompt};
 
 /// JSON-RPC codes LSP defines beyond tower-lsp-server's enum.
 const SERVER_NOT_INITIALIZED: i64 = -32002;
@@ -472,8 +473,7 @@ impl Session {
             tokens: None,
         };
         let backend = &settings.backend;
-        let generation =
-            completion::generate(backend, &input, observer, deadline);
+        let generation = pipeline::generate(backend, &input, observer, deadline);
         let forward = forward_partials(&self.client, partial_rx, partial, cursor);
         let (generated, ()) = tokio::join!(generation, forward);
         let generated = generated?;
@@ -559,7 +559,7 @@ async fn report_model_load(
     backend: BackendClient,
     mut first_token: oneshot::Receiver<()>,
 ) {
-    let delay = completion::load_probe_delay(&backend);
+    let delay = pipeline::load_probe_delay(&backend);
     tokio::select! {
         _ = &mut first_token => return,
         () = tokio::time::sleep(delay) => {}

@@ -1,6 +1,6 @@
-//! What the HTTP endpoint has done since start: counters, chunking totals, breaker
-//! transitions and latency percentiles, as JSON (`/v1/stats`) and as Prometheus text
-//! (`/metrics`).
+//! What the script endpoint (HTTP, and `lsp-edge complete`) has done since start:
+//! counters, chunking totals, breaker transitions and latency percentiles, as JSON
+//! (`/v1/stats`) and as Prometheus text (`/metrics`).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::backend::breaker::{BreakerState, CircuitBreaker};
 
 /// Latency samples kept for the percentiles: the most recent ones, so the figures
 /// follow the current load rather than the whole uptime.

@@ -13,9 +13,8 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::config::{Config, Overrides};
 use crate::edge::Edge;
-use crate::http::routes::CompleteBody;
-use crate::http::stats::HttpStats;
-use crate::http::{Completer, GenerationEvent};
+use crate::pipeline::script::{CompleteBody, Completer, GenerationEvent};
+use crate::pipeline::stats::HttpStats;
 
 #[derive(Debug, clap::Args)]
 pub struct CompleteArgs {

@@ -2,6 +2,8 @@
 //! command line, validated once at start; a session's `initializationOptions` may then
 //! override the per-session sections (`backend`, `models`, `completion`).
 
+mod http;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,6 +12,8 @@ use std::time::Duration;
 
 use cerebrum_context::{EngineConfig, Language};
 use serde::{Deserialize, Serialize};
+
+pub use self::http::HttpConfig;
 
 /// Why a configuration was refused. Every message names the field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +77,7 @@ pub struct Config {
     /// Passed to the context engine unchanged.
     pub context: EngineConfig,
     /// The HTTP endpoint for scripts (`[http]`).
-    pub http: crate::http::HttpConfig,
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -88,7 +92,7 @@ impl Default for Config {
             completion: CompletionConfig::default(),
             models: ModelsConfig::default(),
             context: EngineConfig::default(),
-            http: crate::http::HttpConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -175,18 +179,6 @@ impl Default for LimitsConfig {
             // A 10 MB source file, with room for escaping.
             max_message_bytes: 32 * 1024 * 1024,
             max_header_bytes: 8 * 1024,
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// The LSP framing limits these settings give. The first message (`initialize`,
-    /// read before the session token is checked) gets at most 1 MiB.
-    pub fn frame_limits(&self) -> crate::lsp::FrameLimits {
-        crate::lsp::FrameLimits {
-            max_header_bytes: self.max_header_bytes,
-            max_message_bytes: self.max_message_bytes,
-            max_first_message_bytes: self.max_message_bytes.min(1024 * 1024),
         }
     }
 }

@@ -24,11 +24,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tree_sitter::Node;
 
+use crate::backend::limiter::{GenerationLimiter, Overloaded};
+use crate::backend::Backend;
 use crate::backend::BackendError;
-use crate::completion::{self, GenerationInput, Observer, Prompt};
 use crate::config::{CompletionConfig, Task};
-use crate::edge::{Backend, Edge};
-use crate::limiter::{GenerationLimiter, Overloaded};
+use crate::edge::Edge;
+use crate::pipeline::{self, GenerationInput, Observer, Prompt};
 
 /// The first attempt's temperature; the retry is greedy (0).
 pub const FIRST_TEMPERATURE: f32 = 0.2;
@@ -279,7 +280,7 @@ async fn generate(
     let generated = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(RefactorError::Cancelled),
-        generated = completion::generate(&env.backend, &input, observer, None) => generated?,
+        generated = pipeline::generate(&env.backend, &input, observer, None) => generated?,
     };
     Ok(Answer {
         cut_off: generated

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::breaker::{BreakerOpen, BreakerPermit, CircuitBreaker};
+use crate::backend::breaker::{BreakerOpen, BreakerPermit, CircuitBreaker};
 use crate::config::{BackendConfig, Secret};
 
 /// One context chunk placed before the prompt (`{"label", "text"}` on the wire).

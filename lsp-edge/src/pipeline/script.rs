@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use cerebrum_context::{ContextOptions, Language, Mode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cache::AnswerCache;
 use super::stats::HttpStats;
+use crate::backend::limiter::{GenerationPermit, Overloaded};
 use crate::backend::{BackendError, ExtraChunk, InferenceRequest, StreamEvent, TokenStream};
-use crate::completion::{self, GenerationInput, Opened, Prompt};
 use crate::config::{CompletionConfig, Task};
 use crate::edge::Edge;
-use crate::limiter::{GenerationPermit, Overloaded};
+use crate::pipeline::{self, GenerationInput, Opened, Prompt};
 
 /// Prompts longer than this (in characters, suffix included) go through the context
 /// engine; shorter ones are sent as they are (the old system's rule).
@@ -43,6 +43,69 @@ pub struct CompletionRequest {
     pub max_tokens: u32,
     pub temperature: f32,
     pub stop: Vec<String>,
+}
+
+/// A completion request as scripts write it (`POST /v1/complete`'s JSON body, a
+/// batch item, `lsp-edge complete`'s flags), before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    pub prompt: String,
+    /// A language name or file extension; unknown ones are chunked by characters.
+    pub language: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub suffix: Option<String>,
+    /// The file's path, for chunk labels and stable context across requests.
+    pub path: Option<String>,
+    pub instruction: Option<String>,
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+impl CompleteBody {
+    /// Checks the values; the error names the field.
+    pub fn into_request(self, defaults: &CompletionConfig) -> Result<CompletionRequest, String> {
+        let max_tokens = self.max_tokens.unwrap_or(defaults.max_tokens);
+        if !(1..=4096).contains(&max_tokens) {
+            return Err(format!("max_tokens: {max_tokens} is outside 1..=4096"));
+        }
+        let temperature = self.temperature.unwrap_or(defaults.temperature);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(format!("temperature: {temperature} is outside 0..=2"));
+        }
+        if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
+            return Err("prompt: must not be empty".into());
+        }
+        if self
+            .instruction
+            .as_deref()
+            .is_some_and(|text| text.trim().is_empty())
+        {
+            return Err("instruction: must not be empty when given".into());
+        }
+        if self.stop.len() > 16 {
+            return Err("stop: at most 16 strings".into());
+        }
+        let language = self
+            .language
+            .as_deref()
+            .map_or(Language::Other, Language::from_name);
+        Ok(CompletionRequest {
+            prompt: self.prompt,
+            suffix: self.suffix,
+            language,
+            path: self.path.filter(|path| !path.is_empty()),
+            instruction: self.instruction,
+            model: self.model.filter(|model| !model.is_empty()),
+            max_tokens,
+            temperature,
+            stop: self.stop,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +212,7 @@ impl Prepared {
     /// The request that goes out first, unless vps-infer has since said that the
     /// model lacks FIM tokens (tests and logs).
     pub fn request(&self) -> InferenceRequest {
-        completion::request_for(&self.input, self.input.fim != Some(false))
+        pipeline::request_for(&self.input, self.input.fim != Some(false))
     }
 
     pub fn chunking(&self) -> &ChunkingStats {
@@ -276,7 +339,7 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
     };
     let cache_key = (request.temperature == 0.0)
         .then(|| {
-            let first = completion::request_for(&input, input.fim != Some(false));
+            let first = pipeline::request_for(&input, input.fim != Some(false));
             serde_json::to_string(&first).ok()
         })
         .flatten();
@@ -347,7 +410,7 @@ impl Completer {
             self.stats.shed.inc();
         })?;
         let sent = Instant::now();
-        let opened = completion::open(&self.edge.backend, &prepared.input).await;
+        let opened = pipeline::open(&self.edge.backend, &prepared.input).await;
         let Opened { stream, fim } = opened.inspect_err(|err| match err {
             BackendError::BreakerOpen(_) => self.stats.breaker_refused.inc(),
             _ => self.stats.failed.inc(),
@@ -620,7 +683,7 @@ mod tests {
         let prepared = assemble(&edge(), req.clone(), Instant::now());
         let fim = prepared.request();
         assert_eq!(fim.suffix.as_deref(), Some("\n\nprint(add(1, 2))\n"));
-        let plain = completion::request_for(&prepared.input, false);
+        let plain = pipeline::request_for(&prepared.input, false);
         assert_eq!(plain.prompt, "def add(a, b):\n    ");
         assert_eq!(plain.suffix, None);
 

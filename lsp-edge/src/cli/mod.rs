@@ -1,14 +1,19 @@
 //! The command line, and the `serve` command's start-up (configuration, shared
 //! state, listener, signals).
 
+pub mod complete;
+pub mod connect;
+pub mod context;
+pub mod eval;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use self::context::ContextArgs;
 use crate::config::{Config, Overrides};
-use crate::context_cmd::ContextArgs;
 use crate::edge::Edge;
 
 #[derive(Debug, Parser)]
@@ -31,10 +36,10 @@ pub enum Command {
     /// Print the context the engine builds for a file and cursor.
     Context(ContextArgs),
     /// Stream a completion of a file (or stdin) to the terminal, for scripts.
-    Complete(crate::complete_cmd::CompleteArgs),
+    Complete(complete::CompleteArgs),
     /// Measure completion quality on fill-in-the-middle holes drawn from source
     /// trees, beside plain windows of text (needs a running vps-infer).
-    Eval(crate::eval::EvalArgs),
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Debug, Args)]

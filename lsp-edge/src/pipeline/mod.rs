@@ -4,24 +4,32 @@
 //! back from FIM once per model), and, for editors, trims the growing text and stops
 //! as soon as trimming says the answer is complete.
 //!
-//! Every front end goes through here: the LSP session and the refactor pipeline call
-//! [`generate`]; the script endpoint ([`crate::http::service`]), which streams raw
-//! tokens to its client, calls [`open`].
+//! Every front end goes through here: the LSP session and [`refactor`] call
+//! [`generate`]; [`script`] (the HTTP endpoint's and `lsp-edge complete`'s
+//! completions, which stream raw tokens to their client) calls [`open`].
+//!
+//! The modules below are the rest of the pipeline, all free of any protocol:
+//! [`trim`] cuts an answer to what an editor should show; [`refactor`] turns a
+//! function and an instruction into a validated replacement; [`script`] serves
+//! scripts, with its answer [`cache`] and [`stats`].
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+pub mod cache;
+pub mod refactor;
+pub mod script;
+pub mod stats;
+pub mod trim;
+
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use self::trim::TrimContext;
 use crate::backend::{
-    BackendClient, BackendError, ExtraChunk, GenerationStats, InferenceRequest, StreamEvent,
-    TokenStream,
+    Backend, BackendClient, BackendError, ExtraChunk, FimMemory, GenerationStats, InferenceRequest,
+    StreamEvent, TokenStream,
 };
 use crate::config::CompletionConfig;
-use crate::edge::Backend;
-use crate::trim::TrimContext;
 
 /// What to generate from.
 #[derive(Debug, Clone)]
@@ -88,31 +96,6 @@ pub struct Generated {
     pub tokens: u64,
     /// vps-infer's statistics, when it finished the stream.
     pub stats: Option<GenerationStats>,
-}
-
-/// Models that vps-infer said have no FIM tokens, remembered per backend so that
-/// only the first request pays for the refusal.
-#[derive(Debug, Clone, Default)]
-pub struct FimMemory(Arc<Mutex<HashSet<String>>>);
-
-impl FimMemory {
-    fn key(model: Option<&str>) -> String {
-        model.unwrap_or("").to_owned()
-    }
-
-    pub fn lacks_fim(&self, model: Option<&str>) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&Self::key(model))
-    }
-
-    pub fn remember_no_fim(&self, model: Option<&str>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(Self::key(model));
-    }
 }
 
 /// The plain prompt for a model without FIM: the extra chunks, then the prefix.
@@ -267,7 +250,7 @@ pub async fn generate(
         raw.push_str(&token);
         let view = match &trim {
             Some(trim) => trim.trim(&raw, false),
-            None => crate::trim::Trimmed {
+            None => crate::pipeline::trim::Trimmed {
                 text: raw.clone(),
                 finished: false,
             },
@@ -366,14 +349,5 @@ mod tests {
         );
         assert_eq!(request.suffix, None);
         assert_eq!(request.stop, vec!["```".to_owned()]);
-    }
-
-    #[test]
-    fn fim_memory_is_per_model() {
-        let memory = FimMemory::default();
-        memory.remember_no_fim(Some("smollm2-135m"));
-        assert!(memory.lacks_fim(Some("smollm2-135m")));
-        assert!(!memory.lacks_fim(Some("qwen")));
-        assert!(!memory.lacks_fim(None));
     }
 }

@@ -30,11 +30,11 @@ use cerebrum_context::{ContextEngine, EngineConfig, Language};
 use serde::Serialize;
 
 use crate::backend::StreamEvent;
-use crate::completion::{self, GenerationInput, Opened, Prompt};
 use crate::config::{CompletionConfig, Config, Overrides};
 use crate::edge::Edge;
-use crate::http::stats::HttpStats;
-use crate::http::{Completer, CompletionRequest};
+use crate::pipeline::script::{Completer, CompletionRequest};
+use crate::pipeline::stats::HttpStats;
+use crate::pipeline::{self, GenerationInput, Opened, Prompt};
 
 /// Files smaller than this are left out: the engine sends them whole, so they say
 /// nothing about context selection.
@@ -523,7 +523,7 @@ async fn run_window(
             ..CompletionConfig::default()
         },
     };
-    let Opened { mut stream, .. } = completion::open(&edge.backend, &input).await?;
+    let Opened { mut stream, .. } = pipeline::open(&edge.backend, &input).await?;
     let mut raw = String::new();
     while let Some(event) = stream.next().await {
         match event? {
