@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::backend::BackendError;
-use crate::pipeline::script::CompleteError;
+use crate::pipeline::PipelineError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -172,15 +172,33 @@ impl From<BackendError> for ApiError {
     }
 }
 
-impl From<CompleteError> for ApiError {
-    fn from(err: CompleteError) -> ApiError {
+/// A pipeline failure as an HTTP error: the caller's mistakes are 400s naming the
+/// field, refusals on the way to the model 503s with `Retry-After`, an answer that
+/// failed validation twice a 422 saying why.
+impl From<PipelineError> for ApiError {
+    fn from(err: PipelineError) -> ApiError {
+        let message = err.to_string();
         match err {
-            CompleteError::Overloaded(overloaded) => ApiError::Unavailable {
+            PipelineError::UnsupportedLanguage(_) => {
+                ApiError::InvalidRequest(format!("language: {message}"))
+            }
+            PipelineError::EmptyInstruction => {
+                ApiError::InvalidRequest(format!("instruction: {message}"))
+            }
+            PipelineError::NoFunction | PipelineError::AlreadyAsync(_) => {
+                ApiError::InvalidRequest(format!("code: {message}"))
+            }
+            PipelineError::Overloaded(overloaded) => ApiError::Unavailable {
                 message: overloaded.to_string(),
                 retry_after_s: 1,
             },
-            CompleteError::Backend(err) => err.into(),
-            CompleteError::Internal(message) => {
+            PipelineError::Backend(err) => err.into(),
+            PipelineError::Rejected { .. } => ApiError::Unprocessable(message),
+            PipelineError::Cancelled => ApiError::Unavailable {
+                message,
+                retry_after_s: 1,
+            },
+            PipelineError::Internal(message) => {
                 tracing::error!("{message}");
                 ApiError::Server("internal error (see lsp-edge's log)".into())
             }
@@ -196,7 +214,7 @@ mod tests {
 
     #[test]
     fn refusals_are_503_with_retry_after() {
-        let shed = ApiError::from(CompleteError::Overloaded(Overloaded { max: 2 }));
+        let shed = ApiError::from(PipelineError::Overloaded(Overloaded { max: 2 }));
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(shed.retry_after_s(), Some(1));
         let open = ApiError::from(BackendError::BreakerOpen(BreakerOpen {
@@ -225,7 +243,7 @@ mod tests {
 
     #[test]
     fn internal_errors_do_not_leak() {
-        let err = ApiError::from(CompleteError::Internal("task panicked at foo.rs:3".into()));
+        let err = ApiError::from(PipelineError::Internal("task panicked at foo.rs:3".into()));
         assert!(!err.to_string().contains("foo.rs"));
         assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

@@ -24,9 +24,10 @@ use super::error::ApiError;
 use super::{HttpState, MAX_BODY_BYTES};
 use crate::backend::breaker::BreakerState;
 use crate::backend::BackendError;
-use crate::pipeline::refactor::{RefactorError, RefactorOutcome};
+use crate::pipeline::refactor::RefactorOutcome;
 use crate::pipeline::script::{CompleteBody, Generation, GenerationEvent, Summary};
 use crate::pipeline::stats::{breaker_state_name, prometheus_text, Gauges};
+use crate::pipeline::PipelineError;
 
 /// A JSON body whose errors use the envelope: 413 past the size limit, 400 naming
 /// the field that is wrong. The content type is not checked, so `curl -d` works.
@@ -384,16 +385,16 @@ pub async fn refactor(
         let outcome: RefactorOutcome = outcome.map_err(|err| {
             let stats = app.stats();
             match &err {
-                RefactorError::Overloaded(_) => stats.shed.inc(),
-                RefactorError::Backend(BackendError::BreakerOpen(_)) => stats.breaker_refused.inc(),
-                RefactorError::UnsupportedLanguage(_)
-                | RefactorError::NoFunction
-                | RefactorError::AlreadyAsync(_)
-                | RefactorError::EmptyInstruction => stats.invalid.inc(),
-                RefactorError::Cancelled => stats.cancelled.inc(),
+                PipelineError::Overloaded(_) => stats.shed.inc(),
+                PipelineError::Backend(BackendError::BreakerOpen(_)) => stats.breaker_refused.inc(),
+                PipelineError::UnsupportedLanguage(_)
+                | PipelineError::NoFunction
+                | PipelineError::AlreadyAsync(_)
+                | PipelineError::EmptyInstruction => stats.invalid.inc(),
+                PipelineError::Cancelled => stats.cancelled.inc(),
                 _ => stats.failed.inc(),
             }
-            refactor_error(err)
+            ApiError::from(err)
         })?;
         app.stats().ok.inc();
         tracing::info!(
@@ -413,37 +414,6 @@ pub async fn refactor(
     }
     .instrument(span)
     .await
-}
-
-/// A refactor failure as an HTTP error: the caller's mistakes are 400s, an answer
-/// that failed validation twice is a 422 saying why.
-pub fn refactor_error(err: RefactorError) -> ApiError {
-    let message = err.to_string();
-    match err {
-        RefactorError::UnsupportedLanguage(_) => {
-            ApiError::InvalidRequest(format!("language: {message}"))
-        }
-        RefactorError::EmptyInstruction => {
-            ApiError::InvalidRequest(format!("instruction: {message}"))
-        }
-        RefactorError::NoFunction | RefactorError::AlreadyAsync(_) => {
-            ApiError::InvalidRequest(format!("code: {message}"))
-        }
-        RefactorError::Overloaded(overloaded) => ApiError::Unavailable {
-            message: overloaded.to_string(),
-            retry_after_s: 1,
-        },
-        RefactorError::Backend(err) => err.into(),
-        RefactorError::Rejected { .. } => ApiError::Unprocessable(message),
-        RefactorError::Cancelled => ApiError::Unavailable {
-            message,
-            retry_after_s: 1,
-        },
-        RefactorError::Internal(message) => {
-            tracing::error!("refactor: {message}");
-            ApiError::Server("internal error (see lsp-edge's log)".into())
-        }
-    }
 }
 
 /// `GET /health`: the edge's state and the backend's.

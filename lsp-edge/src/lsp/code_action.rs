@@ -12,7 +12,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower_lsp_server::jsonrpc::{Error, ErrorCode};
 use tower_lsp_server::lsp_types::request::WorkDoneProgressCreate;
 use tower_lsp_server::lsp_types::{
     CodeAction, CodeActionKind, CodeActionOptions, CodeActionOrCommand, CodeActionParams,
@@ -24,21 +23,18 @@ use tower_lsp_server::Client;
 use tracing::Instrument;
 
 use super::documents::DocumentStore;
+use super::error::LspError;
 use super::position::{self, Encoding};
 use crate::backend::Backend;
 use crate::config::{Config, Task};
 use crate::edge::Edge;
 use crate::pipeline::refactor::{
-    self, RefactorEnv, RefactorError, RefactorOutcome, RefactorProgress, RefactorRequest, Target,
+    self, RefactorEnv, RefactorOutcome, RefactorProgress, RefactorRequest, Target,
 };
 
 /// The command editors call with `{instruction, uri, range}`.
 pub const INSTRUCT_COMMAND: &str = "cerebrum.instruct";
 pub const ASYNC_TITLE: &str = "Refactor to async";
-
-const CONTENT_MODIFIED: i64 = -32801;
-const SERVER_CANCELLED: i64 = -32802;
-const REQUEST_FAILED: i64 = -32803;
 
 /// What the handlers need from the session.
 pub struct ActionContext<'a> {
@@ -49,47 +45,6 @@ pub struct ActionContext<'a> {
     pub backend: &'a Backend,
     pub config: &'a Config,
     pub work_done_progress: bool,
-}
-
-/// Why an action failed; converted to a JSON-RPC error once, here.
-#[derive(Debug, thiserror::Error)]
-pub enum ActionError {
-    #[error(transparent)]
-    Request(#[from] super::RequestError),
-    #[error(transparent)]
-    Refactor(#[from] RefactorError),
-    #[error("invalid {what}: {message}")]
-    InvalidParams { what: &'static str, message: String },
-    #[error("the document changed while the refactor ran (version {expected}, now {now}); nothing was changed, run it again")]
-    Changed { expected: i32, now: i32 },
-    #[error("the editor refused the edit: {0}")]
-    NotApplied(String),
-}
-
-impl From<ActionError> for Error {
-    fn from(err: ActionError) -> Error {
-        if let ActionError::Request(err) = err {
-            return err.into();
-        }
-        let code = match &err {
-            ActionError::Refactor(RefactorError::Cancelled) => ErrorCode::RequestCancelled,
-            ActionError::Refactor(RefactorError::Overloaded(_)) => {
-                ErrorCode::ServerError(SERVER_CANCELLED)
-            }
-            ActionError::Refactor(RefactorError::Internal(_)) => ErrorCode::InternalError,
-            ActionError::Refactor(_) | ActionError::NotApplied(_) => {
-                ErrorCode::ServerError(REQUEST_FAILED)
-            }
-            ActionError::InvalidParams { .. } => ErrorCode::InvalidParams,
-            ActionError::Changed { .. } => ErrorCode::ServerError(CONTENT_MODIFIED),
-            ActionError::Request(_) => ErrorCode::InternalError,
-        };
-        Error {
-            code,
-            message: format!("lsp-edge: {err}").into(),
-            data: None,
-        }
-    }
 }
 
 /// Carried in an offered action's `data` until it is resolved.
@@ -140,15 +95,12 @@ fn wants_rewrite(only: Option<&[CodeActionKind]>) -> bool {
 pub async fn code_actions(
     cx: &ActionContext<'_>,
     params: CodeActionParams,
-) -> Result<Option<CodeActionResponse>, ActionError> {
+) -> Result<Option<CodeActionResponse>, LspError> {
     if !wants_rewrite(params.context.only.as_deref()) {
         return Ok(None);
     }
     let uri = params.text_document.uri;
-    let snapshot = cx
-        .documents
-        .snapshot(&uri)
-        .map_err(super::RequestError::from)?;
+    let snapshot = cx.documents.snapshot(&uri)?;
     let version = snapshot.version;
     let target = target_of(&snapshot.rope, params.range, cx.encoding);
     let engine = cx.edge.engine.clone();
@@ -161,7 +113,7 @@ pub async fn code_actions(
         )
     })
     .await
-    .map_err(|err| super::RequestError::Internal(format!("code action task failed: {err}")))?;
+    .map_err(|err| LspError::internal(format!("code action task failed: {err}")))?;
     cx.documents.store_parsed(token, document);
     if !applies {
         return Ok(Some(Vec::new()));
@@ -184,7 +136,7 @@ pub async fn code_actions(
 pub async fn resolve(
     cx: &ActionContext<'_>,
     mut action: CodeAction,
-) -> Result<CodeAction, ActionError> {
+) -> Result<CodeAction, LspError> {
     let data: ActionData = action
         .data
         .clone()
@@ -202,7 +154,7 @@ pub async fn resolve(
 pub async fn execute_command(
     cx: &ActionContext<'_>,
     params: ExecuteCommandParams,
-) -> Result<Option<serde_json::Value>, ActionError> {
+) -> Result<Option<serde_json::Value>, LspError> {
     if params.command != INSTRUCT_COMMAND {
         return Err(invalid(
             "command",
@@ -230,12 +182,12 @@ pub async fn execute_command(
         .client
         .apply_edit(edit)
         .await
-        .map_err(|err| ActionError::NotApplied(err.message.into_owned()))?;
+        .map_err(|err| LspError::NotApplied(err.message.into_owned()))?;
     if !response.applied {
         let reason = response
             .failure_reason
             .unwrap_or_else(|| "no reason given".into());
-        return Err(ActionError::NotApplied(reason));
+        return Err(LspError::NotApplied(reason));
     }
     Ok(Some(serde_json::json!({
         "applied": true,
@@ -244,8 +196,8 @@ pub async fn execute_command(
     })))
 }
 
-fn invalid(what: &'static str, message: String) -> ActionError {
-    ActionError::InvalidParams { what, message }
+fn invalid(what: &'static str, message: String) -> LspError {
+    LspError::InvalidParams { what, message }
 }
 
 /// A client range as a refactor target: empty means the function at the cursor.
@@ -268,7 +220,7 @@ async fn run(
     range: Range,
     instruction: Option<String>,
     progress_token: Option<ProgressToken>,
-) -> Result<(WorkspaceEdit, RefactorOutcome), ActionError> {
+) -> Result<(WorkspaceEdit, RefactorOutcome), LspError> {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let method = if instruction.is_some() {
@@ -296,14 +248,11 @@ async fn run_in_span(
     range: Range,
     instruction: Option<String>,
     progress_token: Option<ProgressToken>,
-) -> Result<(WorkspaceEdit, RefactorOutcome), ActionError> {
-    let snapshot = cx
-        .documents
-        .snapshot(uri)
-        .map_err(super::RequestError::from)?;
+) -> Result<(WorkspaceEdit, RefactorOutcome), LspError> {
+    let snapshot = cx.documents.snapshot(uri)?;
     if let Some(expected) = expected_version {
         if snapshot.version != expected {
-            return Err(ActionError::Changed {
+            return Err(LspError::Changed {
                 expected,
                 now: snapshot.version,
             });
@@ -317,7 +266,7 @@ async fn run_in_span(
     let engine = cx.edge.engine.clone();
     let (document, token) = tokio::task::spawn_blocking(move || snapshot.into_document(&engine))
         .await
-        .map_err(|err| super::RequestError::Internal(format!("parse task failed: {err}")))?;
+        .map_err(|err| LspError::internal(format!("parse task failed: {err}")))?;
     cx.documents.store_parsed(token, document.clone());
 
     let env = RefactorEnv {
@@ -364,13 +313,9 @@ async fn run_in_span(
 
     // Positions from the rope the refactor worked on; the versioned edit makes the
     // editor refuse it if the buffer moved on, and so do we.
-    let now = cx
-        .documents
-        .snapshot(uri)
-        .map_err(super::RequestError::from)?
-        .version;
+    let now = cx.documents.snapshot(uri)?.version;
     if now != version {
-        return Err(ActionError::Changed {
+        return Err(LspError::Changed {
             expected: version,
             now,
         });
@@ -463,7 +408,10 @@ async fn report_progress(
 
 #[cfg(test)]
 mod tests {
+    use tower_lsp_server::jsonrpc::{Error, ErrorCode};
+
     use super::*;
+    use crate::pipeline::PipelineError;
 
     #[test]
     fn only_filters_by_kind_prefix() {
@@ -477,24 +425,24 @@ mod tests {
 
     #[test]
     fn refactor_failures_map_to_clear_lsp_errors() {
-        let err = Error::from(ActionError::Refactor(RefactorError::Rejected {
+        let err = Error::from(LspError::Pipeline(PipelineError::Rejected {
             attempts: 2,
             reason: "`f` is not async".into(),
         }));
-        assert_eq!(err.code.code(), REQUEST_FAILED);
+        assert_eq!(err.code.code(), -32803);
         assert!(
             err.message.contains("could not follow the instruction"),
             "{}",
             err.message
         );
         assert!(err.message.contains("`f` is not async"), "{}", err.message);
-        let err = Error::from(ActionError::Refactor(RefactorError::Cancelled));
+        let err = Error::from(LspError::Pipeline(PipelineError::Cancelled));
         assert_eq!(err.code, ErrorCode::RequestCancelled);
-        let err = Error::from(ActionError::Changed {
+        let err = Error::from(LspError::Changed {
             expected: 3,
             now: 4,
         });
-        assert_eq!(err.code.code(), CONTENT_MODIFIED);
+        assert_eq!(err.code.code(), -32801);
     }
 
     #[test]

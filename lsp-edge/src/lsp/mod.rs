@@ -2,6 +2,7 @@
 
 mod code_action;
 mod documents;
+mod error;
 pub mod framing;
 mod inflight;
 pub mod position;
@@ -19,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tower_lsp_server::{LspService, Server};
 
 pub use documents::{DocumentError, DocumentStore};
+pub use error::LspError;
 pub use framing::FrameLimits;
-pub use session::{InlineCompletionRequest, RequestError, Session};
+pub use session::{InlineCompletionRequest, Session};
 
 use crate::edge::Edge;
 

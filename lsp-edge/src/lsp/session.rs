@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
+use tower_lsp_server::jsonrpc::{Error, Result};
 use tower_lsp_server::lsp_types::notification::Notification;
 use tower_lsp_server::lsp_types::request::WorkDoneProgressCreate;
 use tower_lsp_server::lsp_types::{
@@ -26,59 +26,17 @@ use tower_lsp_server::lsp_types::{
 use tower_lsp_server::{Client, LanguageServer};
 use tracing::Instrument;
 
-use super::documents::{DocumentError, DocumentStore};
+use super::documents::DocumentStore;
+use super::error::LspError;
 use super::inflight::InFlight;
 use super::position::{self, Encoding};
 use super::typed_ahead::TypedAhead;
 use crate::backend::breaker::BreakerState;
-use crate::backend::limiter::Overloaded;
 use crate::backend::Backend;
-use crate::backend::{BackendClient, BackendError, ExtraChunk};
-use crate::config::{Config, ConfigError, Task};
+use crate::backend::{BackendClient, ExtraChunk};
+use crate::config::{Config, Task};
 use crate::edge::Edge;
 use crate::pipeline::{self, GenerationInput, Observer, Prompt};
-
-/// JSON-RPC codes LSP defines beyond tower-lsp-server's enum.
-const SERVER_NOT_INITIALIZED: i64 = -32002;
-const SERVER_CANCELLED: i64 = -32802;
-const REQUEST_FAILED: i64 = -32803;
-/// Implementation-defined: the session's token is missing or wrong.
-const UNAUTHORIZED: i64 = -32001;
-
-/// Why a request failed; converted to a JSON-RPC error once, at the edge.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error("the session is not initialized")]
-    NotInitialized,
-    #[error(transparent)]
-    Document(#[from] DocumentError),
-    #[error("superseded by a newer completion request for this document")]
-    Superseded,
-    #[error(transparent)]
-    Overloaded(#[from] Overloaded),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<RequestError> for Error {
-    fn from(err: RequestError) -> Error {
-        let code = match &err {
-            RequestError::NotInitialized => ErrorCode::ServerError(SERVER_NOT_INITIALIZED),
-            RequestError::Document(_) => ErrorCode::InvalidParams,
-            RequestError::Superseded => ErrorCode::RequestCancelled,
-            RequestError::Overloaded(_) => ErrorCode::ServerError(SERVER_CANCELLED),
-            RequestError::Backend(_) => ErrorCode::ServerError(REQUEST_FAILED),
-            RequestError::Internal(_) => ErrorCode::InternalError,
-        };
-        Error {
-            code,
-            message: format!("lsp-edge: {err}").into(),
-            data: None,
-        }
-    }
-}
 
 /// `textDocument/inlineCompletion`'s params, plus `partialResultToken`: LSP 3.18's
 /// `InlineCompletionParams` has no such field, and Cerebrum's editor plugins send it
@@ -241,14 +199,14 @@ impl Session {
         }
     }
 
-    fn settings(&self) -> std::result::Result<&SessionSettings, RequestError> {
-        self.settings.get().ok_or(RequestError::NotInitialized)
+    fn settings(&self) -> std::result::Result<&SessionSettings, LspError> {
+        self.settings.get().ok_or(LspError::NotInitialized)
     }
 
     /// What the refactor actions (`code_action.rs`) need from the session.
     fn action_context(
         &self,
-    ) -> std::result::Result<super::code_action::ActionContext<'_>, RequestError> {
+    ) -> std::result::Result<super::code_action::ActionContext<'_>, LspError> {
         let settings = self.settings()?;
         Ok(super::code_action::ActionContext {
             client: &self.client,
@@ -287,11 +245,7 @@ impl Session {
             tokio::time::sleep(Duration::from_millis(500)).await;
             closed.cancel();
         });
-        Err(Error {
-            code: ErrorCode::ServerError(UNAUTHORIZED),
-            message: format!("lsp-edge refused the session: {refusal}").into(),
-            data: None,
-        })
+        Err(LspError::Unauthorized(refusal).into())
     }
 
     /// Tells the editor once per breaker state change, for the session's lifetime.
@@ -342,7 +296,7 @@ impl Session {
         position: Position,
         partial: Option<(ProgressToken, Shape)>,
         budget: Option<Duration>,
-    ) -> std::result::Result<(String, Cursor), RequestError> {
+    ) -> std::result::Result<(String, Cursor), LspError> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("request", method, id, uri = %super::framing::shorten(uri.as_str(), 200));
         async {
@@ -377,7 +331,7 @@ impl Session {
                 biased;
                 () = ticket.superseded() => {
                     tracing::debug!("superseded");
-                    return Err(RequestError::Superseded);
+                    return Err(LspError::Superseded);
                 }
                 text = work => text?,
             };
@@ -401,7 +355,7 @@ impl Session {
         cursor: &Cursor,
         partial: Option<(ProgressToken, Shape)>,
         deadline: Option<Instant>,
-    ) -> std::result::Result<String, RequestError> {
+    ) -> std::result::Result<String, LspError> {
         let language = snapshot.language;
         let engine = self.edge.engine.clone();
         let options = ContextOptions {
@@ -414,7 +368,7 @@ impl Session {
             (document, token, context)
         })
         .await
-        .map_err(|err| RequestError::Internal(format!("context task failed: {err}")))?;
+        .map_err(|err| LspError::internal(format!("context task failed: {err}")))?;
         self.documents.store_parsed(token, document);
         tracing::debug!(
             chars_before = context.stats.chars_before,
@@ -608,14 +562,6 @@ async fn report_model_load(
     }
 }
 
-fn config_error(err: ConfigError) -> Error {
-    Error {
-        code: ErrorCode::InvalidParams,
-        message: format!("lsp-edge: {err}").into(),
-        data: None,
-    }
-}
-
 impl LanguageServer for Session {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
         let options = params
@@ -628,7 +574,7 @@ impl LanguageServer for Session {
                 .edge
                 .config
                 .with_session_options(options)
-                .map_err(config_error)?,
+                .map_err(LspError::from)?,
         };
         let encoding = Encoding::negotiate(
             params
@@ -646,11 +592,7 @@ impl LanguageServer for Session {
         let backend = self
             .edge
             .backend_for(&config.backend)
-            .map_err(|err| Error {
-                code: ErrorCode::InternalError,
-                message: format!("lsp-edge: {err}").into(),
-                data: None,
-            })?;
+            .map_err(LspError::from)?;
         let settings = SessionSettings {
             config,
             encoding,
@@ -783,23 +725,6 @@ impl LanguageServer for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_errors_map_to_the_lsp_codes() {
-        let code = |err: RequestError| Error::from(err).code.code();
-        assert_eq!(code(RequestError::Superseded), -32800);
-        assert_eq!(
-            code(RequestError::Overloaded(Overloaded { max: 2 })),
-            -32802
-        );
-        assert_eq!(
-            code(RequestError::Backend(BackendError::Stream("x".into()))),
-            -32803
-        );
-        assert_eq!(code(RequestError::NotInitialized), -32002);
-        let message = Error::from(RequestError::Overloaded(Overloaded { max: 2 })).message;
-        assert!(message.contains("2 generations"), "{message}");
-    }
 
     #[test]
     fn inline_params_accept_a_partial_result_token() {

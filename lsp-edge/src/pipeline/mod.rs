@@ -14,6 +14,7 @@
 //! scripts, with its answer [`cache`] and [`stats`].
 
 pub mod cache;
+mod error;
 pub mod refactor;
 pub mod script;
 pub mod stats;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+pub use self::error::PipelineError;
 use self::trim::TrimContext;
 use crate::backend::{
     Backend, BackendClient, BackendError, ExtraChunk, FimMemory, GenerationStats, InferenceRequest,

@@ -24,12 +24,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tree_sitter::Node;
 
-use crate::backend::limiter::{GenerationLimiter, Overloaded};
+use crate::backend::limiter::GenerationLimiter;
 use crate::backend::Backend;
-use crate::backend::BackendError;
 use crate::config::{CompletionConfig, Task};
 use crate::edge::Edge;
-use crate::pipeline::{self, GenerationInput, Observer, Prompt};
+use crate::pipeline::{self, GenerationInput, Observer, PipelineError, Prompt};
 
 /// The first attempt's temperature; the retry is greedy (0).
 pub const FIRST_TEMPERATURE: f32 = 0.2;
@@ -124,31 +123,6 @@ pub struct RefactorOutcome {
     pub tokens: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RefactorError {
-    #[error("there is nothing to refactor in {0} code (Python and Rust are supported)")]
-    UnsupportedLanguage(Language),
-    #[error("the cursor is not inside a function; select the code to refactor")]
-    NoFunction,
-    #[error("`{0}` is already async")]
-    AlreadyAsync(String),
-    #[error("the instruction is empty")]
-    EmptyInstruction,
-    #[error(transparent)]
-    Overloaded(#[from] Overloaded),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(
-        "the model could not follow the instruction (tried {attempts} times; last answer: \
-         {reason}); nothing was changed. A larger refactor model may do better."
-    )]
-    Rejected { attempts: u32, reason: String },
-    #[error("the refactor was cancelled")]
-    Cancelled,
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
 /// Refactors `code` as a whole: the HTTP endpoint's entry point, on the shared
 /// backend with the configured refactor model.
 pub async fn refactor(
@@ -157,7 +131,7 @@ pub async fn refactor(
     language: Language,
     instruction: Option<&str>,
     cancel: CancellationToken,
-) -> Result<RefactorOutcome, RefactorError> {
+) -> Result<RefactorOutcome, PipelineError> {
     let env = RefactorEnv::shared(edge, language);
     let request = RefactorRequest {
         document: edge.engine.parse(language, code.to_owned()),
@@ -176,11 +150,11 @@ pub async fn refactor_document(
     request: RefactorRequest,
     progress: Option<watch::Sender<RefactorProgress>>,
     cancel: CancellationToken,
-) -> Result<RefactorOutcome, RefactorError> {
+) -> Result<RefactorOutcome, PipelineError> {
     let engine = env.engine.clone();
     let plan = tokio::task::spawn_blocking(move || plan(&engine, &request))
         .await
-        .map_err(|err| RefactorError::Internal(format!("planning task failed: {err}")))??;
+        .map_err(|err| PipelineError::Internal(format!("planning task failed: {err}")))??;
     tracing::debug!(
         range = ?plan.range,
         function = plan.function.as_deref(),
@@ -201,7 +175,7 @@ pub async fn refactor_document(
             let text = answer.text;
             tokio::task::spawn_blocking(move || plan.accept(&engine, &text))
                 .await
-                .map_err(|err| RefactorError::Internal(format!("validation task failed: {err}")))?
+                .map_err(|err| PipelineError::Internal(format!("validation task failed: {err}")))?
         };
         match checked {
             Ok(new_text) => {
@@ -227,7 +201,7 @@ pub async fn refactor_document(
             }
         }
     }
-    Err(RefactorError::Rejected {
+    Err(PipelineError::Rejected {
         attempts: 2,
         reason,
     })
@@ -249,7 +223,7 @@ async fn generate(
     attempt: u32,
     progress: Option<&watch::Sender<RefactorProgress>>,
     cancel: &CancellationToken,
-) -> Result<Answer, RefactorError> {
+) -> Result<Answer, PipelineError> {
     let input = GenerationInput {
         prompt: Prompt::Instruction {
             prompt: plan.prompt.clone(),
@@ -279,7 +253,7 @@ async fn generate(
     // Cancelling drops the generation, and with it the stream: vps-infer stops.
     let generated = tokio::select! {
         biased;
-        () = cancel.cancelled() => return Err(RefactorError::Cancelled),
+        () = cancel.cancelled() => return Err(PipelineError::Cancelled),
         generated = pipeline::generate(&env.backend, &input, observer, None) => generated?,
     };
     Ok(Answer {
@@ -316,23 +290,23 @@ struct Plan {
     ends_with_newline: bool,
 }
 
-fn plan(engine: &ContextEngine, request: &RefactorRequest) -> Result<Plan, RefactorError> {
+fn plan(engine: &ContextEngine, request: &RefactorRequest) -> Result<Plan, PipelineError> {
     let doc = &request.document;
     let language = doc.language();
     if language == Language::Other {
-        return Err(RefactorError::UnsupportedLanguage(language));
+        return Err(PipelineError::UnsupportedLanguage(language));
     }
     let text = doc.text();
     let (instruction, require_async) = match request.instruction.as_deref().map(str::trim) {
         None => (async_instruction(language).to_owned(), true),
-        Some("") => return Err(RefactorError::EmptyInstruction),
+        Some("") => return Err(PipelineError::EmptyInstruction),
         Some(instruction) => (instruction.to_owned(), false),
     };
 
     let (range, function) = resolve_target(doc, &request.target)?;
     if let (Some(function), true) = (&function, require_async) {
         if function.is_async {
-            return Err(RefactorError::AlreadyAsync(function.name.clone()));
+            return Err(PipelineError::AlreadyAsync(function.name.clone()));
         }
     }
     let used_parameters = match &function {
@@ -412,12 +386,12 @@ pub fn async_refactor_applies(doc: &Document, target: &Target) -> bool {
 fn resolve_target(
     doc: &Document,
     target: &Target,
-) -> Result<(Range<usize>, Option<FunctionInfo>), RefactorError> {
+) -> Result<(Range<usize>, Option<FunctionInfo>), PipelineError> {
     let text = doc.text();
     let function_at = |cursor: usize| {
         cerebrum_context::enclosing_function(doc, cursor)
             .map(|info| (info.range.clone(), Some(info)))
-            .ok_or(RefactorError::NoFunction)
+            .ok_or(PipelineError::NoFunction)
     };
     match target {
         Target::Function { cursor } => function_at(*cursor),

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::AnswerCache;
 use super::stats::HttpStats;
-use crate::backend::limiter::{GenerationPermit, Overloaded};
+use crate::backend::limiter::GenerationPermit;
 use crate::backend::{BackendError, ExtraChunk, InferenceRequest, StreamEvent, TokenStream};
 use crate::config::{CompletionConfig, Task};
 use crate::edge::Edge;
-use crate::pipeline::{self, GenerationInput, Opened, Prompt};
+use crate::pipeline::{self, GenerationInput, Opened, PipelineError, Prompt};
 
 /// Prompts longer than this (in characters, suffix included) go through the context
 /// engine; shorter ones are sent as they are (the old system's rule).
@@ -106,16 +106,6 @@ impl CompleteBody {
             stop: self.stop,
         })
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CompleteError {
-    #[error(transparent)]
-    Overloaded(#[from] Overloaded),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 /// What the context engine did to the prompt.
@@ -380,21 +370,21 @@ impl Completer {
         &self,
         request: CompletionRequest,
         received: Instant,
-    ) -> Result<Prepared, CompleteError> {
+    ) -> Result<Prepared, PipelineError> {
         if !needs_context(&request) {
             return Ok(assemble(&self.edge, request, received));
         }
         let edge = self.edge.clone();
         tokio::task::spawn_blocking(move || assemble(&edge, request, received))
             .await
-            .map_err(|err| CompleteError::Internal(format!("context task failed: {err}")))
+            .map_err(|err| PipelineError::Internal(format!("context task failed: {err}")))
     }
 
     /// Starts the generation: from the cache at temperature 0 when it has the
     /// answer; else it takes a generation slot (refused at once past the shared
     /// limit) and waits for vps-infer to accept the request, so that every refusal
     /// comes before the first token.
-    pub async fn start(&self, prepared: Prepared) -> Result<Generation, CompleteError> {
+    pub async fn start(&self, prepared: Prepared) -> Result<Generation, PipelineError> {
         self.stats.requests.inc();
         if let Some(key) = &prepared.cache_key {
             let hit = lock_cache(&self.cache).get(key);
@@ -481,7 +471,7 @@ fn ms(duration: Duration) -> f64 {
 
 impl Generation {
     /// The next token, or the summary; `None` after the end.
-    pub async fn next(&mut self) -> Option<Result<GenerationEvent, CompleteError>> {
+    pub async fn next(&mut self) -> Option<Result<GenerationEvent, PipelineError>> {
         match self.source.as_mut()? {
             Source::Cached(summary) => {
                 if !self.token_sent && !summary.text.is_empty() {
@@ -557,7 +547,7 @@ impl Generation {
                     None => {
                         self.source = None;
                         self.stats.failed.inc();
-                        Some(Err(CompleteError::Backend(BackendError::Stream(
+                        Some(Err(PipelineError::Backend(BackendError::Stream(
                             "the stream ended before its final event".into(),
                         ))))
                     }
@@ -567,13 +557,13 @@ impl Generation {
     }
 
     /// Runs to the end and returns the summary.
-    pub async fn collect(mut self) -> Result<Summary, CompleteError> {
+    pub async fn collect(mut self) -> Result<Summary, PipelineError> {
         while let Some(event) = self.next().await {
             if let GenerationEvent::Done(summary) = event? {
                 return Ok(*summary);
             }
         }
-        Err(CompleteError::Internal(
+        Err(PipelineError::Internal(
             "the generation ended without an answer".into(),
         ))
     }
