@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::engine::{self, Engine, GenerateRequest, Outcome, PromptParts, Sampling};
-use crate::error::ApiError;
+use crate::engine::{self, Engine, EngineError, GenerateRequest, Outcome, PromptParts, Sampling};
 use crate::guard::ResourceGuard;
 use crate::stats::Stats;
 
@@ -190,7 +189,7 @@ async fn complete(
             .await
         {
             Ok(o) => return Ok((o, true)),
-            Err(ApiError::InvalidRequest(_)) => {}
+            Err(EngineError::Invalid(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -7,6 +7,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::engine::EngineError;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -76,6 +78,29 @@ impl ApiError {
                 kind: self.kind(),
                 message: self.to_string(),
             },
+        }
+    }
+}
+
+/// The engine's errors as answers: the request's faults are 4xx, refusals and a
+/// failed load 503 with `Retry-After`, the engine's own failures 500.
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> ApiError {
+        match err {
+            EngineError::UnknownModel(message) => ApiError::NotFound(message),
+            EngineError::Invalid(message) => ApiError::InvalidRequest(message),
+            EngineError::ExceedContextSize(message) => ApiError::ExceedContextSize(message),
+            EngineError::Unavailable {
+                message,
+                retry_after_s,
+            } => ApiError::Unavailable {
+                message,
+                retry_after_s,
+            },
+            refused @ EngineError::Refused(why) => {
+                ApiError::unavailable(refused.to_string(), why.retry_after_s())
+            }
+            EngineError::Internal(message) => ApiError::Server(message),
         }
     }
 }

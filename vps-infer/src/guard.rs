@@ -11,13 +11,25 @@ use std::time::Duration;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::config::GuardConfig;
-use crate::error::ApiError;
 
-/// Which guard refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which guard refused, and why.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum Refusal {
-    Cpu,
-    Memory,
+    #[error("server busy: other processes use {percent:.0}% CPU (limit {limit:.0}%)")]
+    Cpu { percent: f32, limit: f32 },
+    #[error("low memory: {available_mb} MB available (need {need_mb} MB)")]
+    Memory { available_mb: u64, need_mb: u64 },
+}
+
+impl Refusal {
+    /// How long a client should wait before trying again: CPU load passes quickly,
+    /// memory pressure slowly.
+    pub fn retry_after_s(&self) -> u32 {
+        match self {
+            Refusal::Cpu { .. } => 5,
+            Refusal::Memory { .. } => 30,
+        }
+    }
 }
 
 pub struct ResourceGuard {
@@ -84,32 +96,20 @@ impl ResourceGuard {
     }
 
     /// Whether new work may start now.
-    pub fn check(&self) -> Result<(), (Refusal, ApiError)> {
+    pub fn check(&self) -> Result<(), Refusal> {
         let cpu = self.other_cpu_percent();
         if self.config.max_cpu_percent < 100.0 && cpu > self.config.max_cpu_percent {
-            return Err((
-                Refusal::Cpu,
-                ApiError::unavailable(
-                    format!(
-                        "server busy: other processes use {cpu:.0}% CPU (limit {:.0}%)",
-                        self.config.max_cpu_percent
-                    ),
-                    5,
-                ),
-            ));
+            return Err(Refusal::Cpu {
+                percent: cpu,
+                limit: self.config.max_cpu_percent,
+            });
         }
         if let Some(mb) = self.available_mb() {
             if mb < self.config.min_free_memory_mb {
-                return Err((
-                    Refusal::Memory,
-                    ApiError::unavailable(
-                        format!(
-                            "low memory: {mb} MB available (need {} MB)",
-                            self.config.min_free_memory_mb
-                        ),
-                        30,
-                    ),
-                ));
+                return Err(Refusal::Memory {
+                    available_mb: mb,
+                    need_mb: self.config.min_free_memory_mb,
+                });
             }
         }
         Ok(())
@@ -119,6 +119,8 @@ impl ResourceGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineError;
+    use crate::error::ApiError;
 
     fn guard(max_cpu: f32, min_mb: u64, cpu: f32, mb: u64) -> ResourceGuard {
         ResourceGuard {
@@ -135,13 +137,14 @@ mod tests {
     #[test]
     fn refuses_on_cpu_then_memory() {
         assert!(guard(70.0, 1024, 10.0, 4096).check().is_ok());
-        let (why, err) = guard(70.0, 1024, 85.0, 4096).check().unwrap_err();
-        assert_eq!(why, Refusal::Cpu);
+        let why = guard(70.0, 1024, 85.0, 4096).check().unwrap_err();
+        assert!(matches!(why, Refusal::Cpu { .. }), "{why:?}");
+        let err = ApiError::from(EngineError::from(why));
         assert_eq!(err.status().as_u16(), 503);
         assert!(err.to_string().contains("85% CPU"), "{err}");
-        let (why, err) = guard(70.0, 1024, 10.0, 512).check().unwrap_err();
-        assert_eq!(why, Refusal::Memory);
-        assert!(err.to_string().contains("512 MB"), "{err}");
+        let why = guard(70.0, 1024, 10.0, 512).check().unwrap_err();
+        assert!(matches!(why, Refusal::Memory { .. }), "{why:?}");
+        assert!(why.to_string().contains("512 MB"), "{why}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::prompt::ChatRequest;
-use crate::engine::{self, Engine, Event, Extra, GenerateRequest, PromptParts, Sampling};
+use crate::engine::{
+    self, Engine, EngineError, Event, Extra, GenerateRequest, PromptParts, Sampling,
+};
 use crate::error::ApiError;
 use crate::guard::{Refusal, ResourceGuard};
 use crate::stats::Stats;
@@ -296,13 +298,13 @@ pub async fn start_generation(
     app: &AppState,
     request: GenerateRequest,
 ) -> Result<(mpsc::Receiver<Event>, Started), ApiError> {
-    if let Err((why, error)) = app.guard.check() {
+    if let Err(why) = app.guard.check() {
         let counter = match why {
-            Refusal::Cpu => &app.stats.rejected_cpu,
-            Refusal::Memory => &app.stats.rejected_memory,
+            Refusal::Cpu { .. } => &app.stats.rejected_cpu,
+            Refusal::Memory { .. } => &app.stats.rejected_memory,
         };
         Stats::add(counter, 1);
-        return Err(error);
+        return Err(EngineError::from(why).into());
     }
     let mut events = app.engine.generate(request)?;
     match events.recv().await {
@@ -316,7 +318,7 @@ pub async fn start_generation(
                 cached_tokens,
             },
         )),
-        Some(Event::Error(e)) => Err(e),
+        Some(Event::Error(e)) => Err(e.into()),
         Some(other) => Err(ApiError::Server(format!(
             "engine answered {other:?} before starting"
         ))),
@@ -348,7 +350,7 @@ fn sse_stream(
                 }),
                 false,
             ),
-            Event::Error(e) => (json_event(&e.envelope()), false),
+            Event::Error(e) => (json_event(&ApiError::from(e).envelope()), false),
             Event::Started { .. } => (SseEvent::default().comment("started"), true),
         };
         Some((Ok(data), more.then_some((events, shutdown))))

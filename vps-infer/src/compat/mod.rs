@@ -384,7 +384,7 @@ impl Generation {
                 }
                 Some(Event::Error(e)) => {
                     self.finished = true;
-                    return Some(Err(e));
+                    return Some(Err(e.into()));
                 }
                 Some(Event::Started { .. }) => {}
                 None => {

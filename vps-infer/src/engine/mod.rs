@@ -5,12 +5,15 @@
 //! a tokio channel. Dropping that receiver (a client went away) cancels the job within
 //! one token.
 
+mod error;
 pub mod gguf;
 pub mod prompt;
 pub mod reuse;
 pub mod text;
 pub mod tokenize;
 mod worker;
+
+pub use self::error::EngineError;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, ModelConfig};
-use crate::error::ApiError;
+
 use crate::guard::ResourceGuard;
 use crate::stats::Stats;
 pub use prompt::{Extra, PromptParts};
@@ -56,7 +59,7 @@ pub enum Event {
     },
     Token(String),
     Done(Outcome),
-    Error(ApiError),
+    Error(EngineError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -231,9 +234,9 @@ impl Engine {
 
     /// Queues a generation; its events arrive on the returned channel. Refuses at once
     /// (503) when the queue of waiting requests is full.
-    pub fn generate(&self, request: GenerateRequest) -> Result<mpsc::Receiver<Event>, ApiError> {
+    pub fn generate(&self, request: GenerateRequest) -> Result<mpsc::Receiver<Event>, EngineError> {
         if !self.shared.models.contains_key(&request.model) {
-            return Err(ApiError::NotFound(format!(
+            return Err(EngineError::UnknownModel(format!(
                 "model {:?} is not configured; see GET /v1/models",
                 request.model
             )));
@@ -243,7 +246,7 @@ impl Engine {
         if queued >= self.queue_size {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             Stats::add(&self.shared.stats.rejected_queue_full, 1);
-            return Err(ApiError::unavailable(
+            return Err(EngineError::unavailable(
                 format!("server busy: {queued} requests are already waiting"),
                 2,
             ));
@@ -257,13 +260,15 @@ impl Engine {
             .is_err()
         {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::Server("the inference engine has stopped".into()));
+            return Err(EngineError::Internal(
+                "the inference engine has stopped".into(),
+            ));
         }
         Ok(rx)
     }
 
     /// Refuses a model whose file failed its check at start, unless it passes now.
-    fn check_file(&self, model: &str) -> Result<(), ApiError> {
+    fn check_file(&self, model: &str) -> Result<(), EngineError> {
         let known_bad = self
             .shared
             .bad_files
@@ -283,7 +288,7 @@ impl Engine {
                 self.shared.set_status(|s| s.last_load_error = None);
                 Ok(())
             }
-            Err(err) => Err(ApiError::unavailable(
+            Err(err) => Err(EngineError::unavailable(
                 format!("model {model:?} cannot be loaded: {err}"),
                 30,
             )),
@@ -306,18 +311,18 @@ impl Engine {
     }
 
     /// Unloads the model now (after the job in progress, if any).
-    pub async fn unload(&self) -> Result<UnloadReport, ApiError> {
+    pub async fn unload(&self) -> Result<UnloadReport, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Unload(reply))
-            .map_err(|_| ApiError::Server("the inference engine has stopped".into()))?;
+            .map_err(|_| EngineError::Internal("the inference engine has stopped".into()))?;
         rx.await
-            .map_err(|_| ApiError::Server("the inference engine has stopped".into()))
+            .map_err(|_| EngineError::Internal("the inference engine has stopped".into()))
     }
 }
 
 /// Runs one request to the end and collects its text (for callers that do not stream).
-pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Outcome, ApiError> {
+pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Outcome, EngineError> {
     while let Some(event) = rx.recv().await {
         match event {
             Event::Done(outcome) => return Ok(outcome),
@@ -325,7 +330,7 @@ pub async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Outcome, ApiError>
             Event::Started { .. } | Event::Token(_) => {}
         }
     }
-    Err(ApiError::Server(
+    Err(EngineError::Internal(
         "the inference engine dropped the request".into(),
     ))
 }

@@ -9,7 +9,7 @@
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::LlamaVocab;
 
-use crate::error::ApiError;
+use super::EngineError;
 
 /// A context chunk placed before the prompt.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -142,16 +142,16 @@ pub fn layout(
     chat: Option<&ChatFrame>,
     model_name: &str,
     parts: &PromptParts,
-) -> Result<Vec<LlamaToken>, ApiError> {
+) -> Result<Vec<LlamaToken>, EngineError> {
     let mut tokens = Vec::with_capacity(parts.prompt.len() / 3 + 16);
     if let Some(request) = &parts.chat {
         let Some(frame) = chat else {
-            return Err(ApiError::InvalidRequest(format!(
+            return Err(EngineError::Invalid(format!(
                 "chat: model {model_name:?} has no chat template"
             )));
         };
         if parts.suffix.is_some() {
-            return Err(ApiError::InvalidRequest(
+            return Err(EngineError::Invalid(
                 "chat: cannot be combined with `suffix` (fill-in-the-middle)".into(),
             ));
         }
@@ -192,7 +192,7 @@ pub fn layout(
         }
         Some(suffix) => {
             let Some(fim) = fim else {
-                return Err(ApiError::InvalidRequest(format!(
+                return Err(EngineError::Invalid(format!(
                     "model {model_name:?} has no fill-in-the-middle tokens, so `suffix` cannot be used with it; send the prompt alone or use a model with FIM (e.g. Qwen2.5-Coder)"
                 )));
             };
@@ -207,7 +207,7 @@ pub fn layout(
         }
     }
     if tokens.is_empty() {
-        return Err(ApiError::InvalidRequest("prompt: must not be empty".into()));
+        return Err(EngineError::Invalid("prompt: must not be empty".into()));
     }
     Ok(tokens)
 }
@@ -302,7 +302,10 @@ mod tests {
     #[test]
     fn suffix_without_fim_tokens_is_a_clear_error() {
         let err = layout(&Bytes, None, None, "smol", &parts("x", Some("y"))).unwrap_err();
-        assert_eq!(err.kind(), "invalid_request_error");
+        assert_eq!(
+            crate::error::ApiError::from(err.clone()).kind(),
+            "invalid_request_error"
+        );
         assert!(err.to_string().contains("fill-in-the-middle"), "{err}");
     }
 

@@ -14,8 +14,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::prompt::FimTokens;
+use super::EngineError;
 use super::{Command, Engine, Shared};
-use crate::error::ApiError;
 
 /// What a client asks of a vocabulary.
 #[derive(Debug, Clone)]
@@ -61,15 +61,15 @@ pub enum VocabAnswer {
 pub(crate) struct VocabJob {
     pub model: String,
     pub query: VocabQuery,
-    pub reply: oneshot::Sender<Result<VocabAnswer, ApiError>>,
+    pub reply: oneshot::Sender<Result<VocabAnswer, EngineError>>,
 }
 
 impl Engine {
     /// Asks the engine thread about `model`'s vocabulary. It answers between two
     /// generations (a running decode is not interrupted), so this may wait for one.
-    pub async fn vocab(&self, model: &str, query: VocabQuery) -> Result<VocabAnswer, ApiError> {
+    pub async fn vocab(&self, model: &str, query: VocabQuery) -> Result<VocabAnswer, EngineError> {
         if !self.shared.models.contains_key(model) {
-            return Err(ApiError::NotFound(format!(
+            return Err(EngineError::UnknownModel(format!(
                 "model {model:?} is not configured; see GET /v1/models"
             )));
         }
@@ -80,9 +80,9 @@ impl Engine {
                 query,
                 reply,
             }))
-            .map_err(|_| ApiError::Server("the inference engine has stopped".into()))?;
+            .map_err(|_| EngineError::Internal("the inference engine has stopped".into()))?;
         rx.await
-            .map_err(|_| ApiError::Server("the inference engine has stopped".into()))?
+            .map_err(|_| EngineError::Internal("the inference engine has stopped".into()))?
     }
 }
 
@@ -94,7 +94,7 @@ pub(crate) fn answer(model: &LlamaModel, job: VocabJob) {
 /// Answers from a vocabulary-only load of `job.model` (not the loaded one).
 pub(crate) fn answer_unloaded(backend: &LlamaBackend, shared: &Shared, job: VocabJob) {
     let result = match shared.models.get(&job.model) {
-        None => Err(ApiError::NotFound(format!(
+        None => Err(EngineError::UnknownModel(format!(
             "model {:?} is not configured",
             job.model
         ))),
@@ -102,7 +102,7 @@ pub(crate) fn answer_unloaded(backend: &LlamaBackend, shared: &Shared, job: Voca
             let params = LlamaModelParams::default().with_vocab_only(true);
             match LlamaModel::load_from_file(backend, &config.path, &params) {
                 Ok(model) => query(&model, job.query),
-                Err(e) => Err(ApiError::unavailable(
+                Err(e) => Err(EngineError::unavailable(
                     format!(
                         "cannot read the vocabulary of model {:?} from {}: {e}",
                         job.model,
@@ -116,7 +116,7 @@ pub(crate) fn answer_unloaded(backend: &LlamaBackend, shared: &Shared, job: Voca
     let _ = job.reply.send(result);
 }
 
-fn query(model: &LlamaModel, query: VocabQuery) -> Result<VocabAnswer, ApiError> {
+fn query(model: &LlamaModel, query: VocabQuery) -> Result<VocabAnswer, EngineError> {
     let vocab = model.vocab();
     match query {
         VocabQuery::Tokenize {
@@ -142,7 +142,7 @@ fn query(model: &LlamaModel, query: VocabQuery) -> Result<VocabAnswer, ApiError>
             // llama.cpp aborts the process on an id outside the vocabulary.
             let n_vocab = vocab.n_tokens();
             if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= n_vocab) {
-                return Err(ApiError::InvalidRequest(format!(
+                return Err(EngineError::Invalid(format!(
                     "tokens: {bad} is not a token of this model (0..{n_vocab})"
                 )));
             }

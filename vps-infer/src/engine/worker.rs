@@ -28,9 +28,9 @@ use super::prompt::{self, FimTokens};
 use super::reuse::{self, Cached, Plan, Run};
 use super::text::{StopMatcher, Utf8Stream};
 use super::tokenize;
+use super::EngineError;
 use super::{since, Command, Event, Job, Outcome, Shared, StopReason, UnloadReport};
 use crate::config::ModelConfig;
-use crate::error::ApiError;
 use crate::guard::Refusal;
 use crate::stats::Stats;
 
@@ -73,7 +73,7 @@ pub(crate) fn run(
         let Some(config) = shared.models.get(&name).cloned() else {
             take(&shared, job).fail(
                 &shared,
-                ApiError::NotFound(format!("model {name:?} is not configured")),
+                EngineError::UnknownModel(format!("model {name:?} is not configured")),
             );
             continue;
         };
@@ -147,7 +147,7 @@ impl Job {
         self.events.is_closed() || shared.stopping.load(Ordering::Relaxed)
     }
 
-    fn fail(self, shared: &Shared, error: ApiError) {
+    fn fail(self, shared: &Shared, error: EngineError) {
         Stats::add(&shared.stats.requests_failed, 1);
         let _ = self.events.blocking_send(Event::Error(error));
     }
@@ -158,12 +158,11 @@ fn load(
     shared: &Arc<Shared>,
     name: &str,
     config: &ModelConfig,
-) -> Result<LlamaModel, ApiError> {
-    if let Err((why, error)) = shared.guard.check() {
-        if why == Refusal::Memory {
-            Stats::add(&shared.stats.rejected_memory, 1);
-            return Err(error);
-        }
+) -> Result<LlamaModel, EngineError> {
+    // Loading maps the whole file: only memory can refuse it (CPU load passes).
+    if let Err(why @ Refusal::Memory { .. }) = shared.guard.check() {
+        Stats::add(&shared.stats.rejected_memory, 1);
+        return Err(why.into());
     }
     shared.set_status(|s| s.loading = Some(name.to_string()));
     let started = Instant::now();
@@ -200,7 +199,7 @@ fn load(
                 s.loading = None;
                 s.last_load_error = Some(message.clone());
             });
-            Err(ApiError::unavailable(message, 30))
+            Err(EngineError::unavailable(message, 30))
         }
     }
 }
@@ -233,7 +232,7 @@ impl<'m> Session<'m> {
         backend: &LlamaBackend,
         model: &'m LlamaModel,
         config: &ModelConfig,
-    ) -> Result<Session<'m>, ApiError> {
+    ) -> Result<Session<'m>, EngineError> {
         let n_ctx = config.ctx_size.min(model.n_ctx_train().max(256));
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -245,9 +244,9 @@ impl<'m> Session<'m> {
             .with_n_ubatch(config.batch_size)
             .with_n_threads(config.threads as i32)
             .with_n_threads_batch(config.threads as i32);
-        let ctx = model
-            .new_context(backend, params)
-            .map_err(|e| ApiError::Server(format!("cannot create a llama.cpp context: {e}")))?;
+        let ctx = model.new_context(backend, params).map_err(|e| {
+            EngineError::Internal(format!("cannot create a llama.cpp context: {e}"))
+        })?;
         // Keys and values in f16 for every layer and context position.
         let kv_per_token = 2
             * 2
@@ -293,7 +292,7 @@ impl<'m> Session<'m> {
         shared: &Shared,
         model_name: &str,
         job: &Job,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Result<Outcome, EngineError> {
         let started = Instant::now();
         let request = &job.request;
         let vocab = self.model.vocab();
@@ -305,7 +304,7 @@ impl<'m> Session<'m> {
         let n_ctx = self.ctx.n_ctx() as usize;
         let max_tokens = request.sampling.max_tokens as usize;
         if tokens.len() + max_tokens > n_ctx {
-            return Err(ApiError::ExceedContextSize(format!(
+            return Err(EngineError::ExceedContextSize(format!(
                 "the prompt has {} tokens and max_tokens is {max_tokens}, more than the context of {n_ctx} tokens",
                 tokens.len()
             )));
@@ -346,7 +345,7 @@ impl<'m> Session<'m> {
                     let is_last = pos + 1 == tokens.len();
                     batch
                         .add(token, pos as i32, &[0], is_last)
-                        .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
+                        .map_err(|e| EngineError::Internal(format!("batch: {e}")))?;
                 }
                 self.decode(&mut batch)?;
                 self.cached.extend_evaluated(chunk);
@@ -418,7 +417,7 @@ impl<'m> Session<'m> {
             batch.clear();
             batch
                 .add(token, self.cached.len() as i32, &[0], true)
-                .map_err(|e| ApiError::Server(format!("batch: {e}")))?;
+                .map_err(|e| EngineError::Internal(format!("batch: {e}")))?;
             self.decode(&mut batch)?;
             self.cached.extend_evaluated(&[token]);
             logits_index = 0;
@@ -594,7 +593,7 @@ impl<'m> Session<'m> {
     }
 
     /// Moves a parked run into `MAIN`, right after what `MAIN` holds now.
-    fn unpark(&mut self, run: &Run, before: &Cached<LlamaToken>) -> Result<(), ApiError> {
+    fn unpark(&mut self, run: &Run, before: &Cached<LlamaToken>) -> Result<(), EngineError> {
         debug_assert_eq!(self.cached.len(), run.to);
         let (p0, p1) = (Some(run.to as u32), Some((run.to + run.len) as u32));
         let moved = self.ctx.kv_cache_seq_cp(PARKED, MAIN, p0, p1).is_ok()
@@ -605,7 +604,7 @@ impl<'m> Session<'m> {
         if !moved {
             self.ctx.clear_kv_cache();
             self.cached.clear();
-            return Err(ApiError::Server(
+            return Err(EngineError::Internal(
                 "llama.cpp refused to move cached tokens".into(),
             ));
         }
@@ -625,12 +624,12 @@ impl<'m> Session<'m> {
         }
     }
 
-    fn decode(&mut self, batch: &mut LlamaBatch) -> Result<(), ApiError> {
+    fn decode(&mut self, batch: &mut LlamaBatch) -> Result<(), EngineError> {
         self.ctx.decode(batch).map_err(|e| {
             // The cache may hold part of the batch now: forget all of it.
             self.ctx.clear_kv_cache();
             self.cached.clear();
-            ApiError::Server(format!("llama.cpp decode failed: {e}"))
+            EngineError::Internal(format!("llama.cpp decode failed: {e}"))
         })
     }
 
