@@ -567,8 +567,15 @@ fn pick_function(
         .or_else(|| defs.iter().find(|def| def.name == name));
     match def {
         Some(def) => {
+            // From the line start, so that dedenting sees the first line's
+            // indentation; but not over words before the definition (TypeScript's
+            // `export`), which the target's range leaves outside too.
             let line_start = code[..def.range.start].rfind('\n').map_or(0, |i| i + 1);
-            Ok(dedent(&code[line_start..def.range.end]))
+            let start = match code[line_start..def.range.start].trim().is_empty() {
+                true => line_start,
+                false => def.range.start,
+            };
+            Ok(dedent(&code[start..def.range.end]))
         }
         None => Err(format!("it does not define `{name}`")),
     }
@@ -873,6 +880,19 @@ mod tests {
                   async load(key: string): Promise<string> {
                     return await fs.promises.readFile(key, "utf8");
                   }
+                }
+            "#]],
+        );
+        // `export` is outside the function: kept, and not doubled when the answer
+        // repeats it.
+        check_refactor(
+            Language::TypeScript,
+            "export function readConfig(path: string): string {\n  return fs.readFileSync(p$0ath, \"utf8\").trim();\n}\n",
+            None,
+            "export async function readConfig(path: string): Promise<string> {\n  return (await fs.promises.readFile(path, \"utf8\")).trim();\n}\n",
+            expect![[r#"
+                export async function readConfig(path: string): Promise<string> {
+                  return (await fs.promises.readFile(path, "utf8")).trim();
                 }
             "#]],
         );
