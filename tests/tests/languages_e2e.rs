@@ -7,7 +7,7 @@
 //! as in `lsp_e2e.rs`.
 
 use cerebrum_tests::lsp_client::{inline_params, inline_text, LspClient, LspEdge};
-use cerebrum_tests::{model_path, VpsInfer};
+use cerebrum_tests::VpsInfer;
 use serde_json::{json, Value};
 
 /// Generous timeouts: the CPU is shared with compilers (they guard against hangs;
@@ -30,14 +30,8 @@ const JAVA_TEXT: &str = "class Cart {\n    int total(int[] prices) {\n        in
 const JS_URI: &str = "file:///work/project/cart.js";
 const JS_TEXT: &str = "const fs = require(\"fs\");\n\nfunction load(path) {\n  return JSON.parse(fs.readFileSync(path, \"utf8\"));\n}\n";
 
-/// vps-infer on SmolLM2 with one llama.cpp thread, as in `lsp_e2e.rs`: the tests of
-/// this crate run side by side on a small shared machine.
 fn start() -> (VpsInfer, LspEdge) {
-    let infer = VpsInfer::builder()
-        .model("smollm2-135m", model_path("smollm2-135m"))
-        .arg("--threads")
-        .arg("1")
-        .start();
+    let infer = VpsInfer::start_smol_one_thread();
     let edge = LspEdge::start(&infer.url(), infer.api_key(), CONFIG, &[]);
     (infer, edge)
 }
