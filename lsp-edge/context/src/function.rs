@@ -70,8 +70,11 @@ struct Functions<'t> {
 }
 
 impl<'t> Functions<'t> {
-    /// Runs `language`'s function query over `root`.
-    fn find(language: Language, root: Node<'t>, text: &str) -> Functions<'t> {
+    /// Runs `language`'s function query over the nodes of `root` that overlap
+    /// `range`. Those include every ancestor of a node in the range, so what makes a
+    /// function in the range a method (its container) is found too, and a code
+    /// action at a cursor does not query the whole file.
+    fn find(language: Language, root: Node<'t>, text: &str, range: Range<usize>) -> Functions<'t> {
         let mut functions = Functions {
             definitions: HashMap::new(),
             containers: HashSet::new(),
@@ -80,6 +83,7 @@ impl<'t> Functions<'t> {
             return functions;
         };
         let mut cursor = QueryCursor::new();
+        cursor.set_byte_range(range);
         let mut matches = cursor.matches(&query.query, root, text.as_bytes());
         while let Some(found) = matches.next() {
             let (mut node, mut name, mut params, mut wrapper) = (None, None, None, None);
@@ -185,7 +189,7 @@ pub fn enclosing_function(doc: &Document, cursor: usize) -> Option<FunctionInfo>
     let tree = doc.tree()?;
     let cursor = floor_char_boundary(doc.text(), cursor);
     let root = tree.root_node();
-    let functions = Functions::find(doc.language(), root, doc.text());
+    let functions = Functions::find(doc.language(), root, doc.text(), cursor..cursor + 1);
     let mut node = root.descendant_for_byte_range(cursor, cursor)?;
     loop {
         if let Some(definition) = functions.definitions.get(&node.id()) {
@@ -204,7 +208,7 @@ pub fn functions_in(doc: &Document, range: Range<usize>) -> Vec<FunctionInfo> {
         return Vec::new();
     };
     let root = tree.root_node();
-    Functions::find(doc.language(), root, doc.text()).within(root, doc.text(), range)
+    Functions::find(doc.language(), root, doc.text(), range.clone()).within(root, doc.text(), range)
 }
 
 /// Why a model's rewrite is not accepted. The messages complete "the model's
@@ -290,7 +294,8 @@ pub fn rewrite_functions(
     let tree = parse(language, code, None).ok_or(RewriteError::Unparsable(language))?;
     let root = tree.root_node();
     if !root.has_error() {
-        return Ok(Functions::find(language, root, code).within(root, code, 0..code.len()));
+        let whole = 0..code.len();
+        return Ok(Functions::find(language, root, code, whole.clone()).within(root, code, whole));
     }
     let at = first_error(root).start_position();
     let error = RewriteError::Syntax {
@@ -308,7 +313,7 @@ pub fn rewrite_functions(
     let root = tree.root_node();
     let inside = before.len()..before.len() + code.len();
     let shift = |range: Range<usize>| range.start - inside.start..range.end - inside.start;
-    Ok(Functions::find(language, root, &wrapped)
+    Ok(Functions::find(language, root, &wrapped, inside.clone())
         .within(root, &wrapped, inside.clone())
         .into_iter()
         .map(|info| FunctionInfo {
@@ -469,6 +474,29 @@ mod tests {
         let inner = text.find("    def inner").unwrap()..text.find("\nclass").unwrap();
         assert!(functions_in(&doc, inner).is_empty());
         assert!(functions_in(&doc, 0..3).is_empty());
+    }
+
+    /// Functions are looked for only around the cursor or the range; the class
+    /// around them and their decorators are still found.
+    #[test]
+    fn a_cursor_deep_in_a_file_finds_its_method_and_decorator() {
+        let mut text = "class C:\n".to_owned();
+        for i in 0..40 {
+            text.push_str(&format!(
+                "    @property\n    def m{i}(self):\n        return {i}\n"
+            ));
+        }
+        let engine = ContextEngine::new(EngineConfig::default()).unwrap();
+        let doc = engine.parse(Language::Python, text.clone());
+        let info = enclosing_function(&doc, text.find("return 35").unwrap()).unwrap();
+        assert_eq!((info.kind, info.name.as_str()), ("method", "m35"));
+        assert!(text[info.range.clone()].starts_with("@property\n    def m35"));
+        let start = text.find("    @property\n    def m20").unwrap();
+        let end = text.find("    @property\n    def m21").unwrap();
+        let found = functions_in(&doc, start..end);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].kind, found[0].name.as_str()), ("method", "m20"));
+        assert_eq!(found[0].range.start, start + 4);
     }
 
     #[test]
