@@ -300,6 +300,17 @@ impl VpsInfer {
         Self::start(&[("smollm2-135m", &model_path("smollm2-135m"))])
     }
 
+    /// vps-infer on SmolLM2 with one llama.cpp thread, for LSP tests: they run side by
+    /// side on a small shared machine, where several servers spinning on every core
+    /// each would slow all of them to a crawl.
+    pub fn start_smol_one_thread() -> VpsInfer {
+        Self::builder()
+            .model("smollm2-135m", model_path("smollm2-135m"))
+            .arg("--threads")
+            .arg("1")
+            .start()
+    }
+
     /// Base URL, e.g. `http://127.0.0.1:45678`.
     pub fn url(&self) -> String {
         format!("http://{}", self.service.addr())

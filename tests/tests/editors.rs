@@ -1,4 +1,5 @@
-//! Editor set-ups: the Helix config is valid and its command really bridges to an edge.
+//! Editor set-ups: the Helix config is valid and its command really bridges to an edge,
+//! and every editor's config lists every language lsp-edge parses.
 //!
 //! The VS Code extension has its own build and tests (`editors/vscode/ci.sh`); the Neovim
 //! plugin is driven by a real headless Neovim in `nvim_e2e.rs`.
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cerebrum_context::Language;
 use cerebrum_tests::workspace_root;
 
 fn helix_config() -> toml::Table {
@@ -51,7 +53,15 @@ fn helix_config_adds_cerebrum_beside_the_usual_servers() {
     );
 
     let languages = config["language"].as_array().expect("[[language]]");
-    for (name, usual) in [("python", "pylsp"), ("rust", "rust-analyzer")] {
+    for (name, usual) in [
+        ("python", "pylsp"),
+        ("rust", "rust-analyzer"),
+        ("typescript", "typescript-language-server"),
+        ("javascript", "typescript-language-server"),
+        ("go", "gopls"),
+        ("c", "clangd"),
+        ("java", "jdtls"),
+    ] {
         let language = languages
             .iter()
             .find(|l| l["name"].as_str() == Some(name))
@@ -80,6 +90,70 @@ fn helix_config_adds_cerebrum_beside_the_usual_servers() {
             );
         }
     }
+}
+
+/// The quoted words of the first line of `file` that contains `key`, e.g. a Lua
+/// table or a TypeScript array written on one line.
+fn quoted_on_line(file: &str, key: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(workspace_root().join(file)).expect(file);
+    let line = text
+        .lines()
+        .find(|line| line.contains(key))
+        .unwrap_or_else(|| panic!("no {key} in {file}"));
+    line.split(['\'', '"'])
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A language added to the context crate's table reaches every editor: the names are
+/// the table's (they are the LSP language ids, Neovim's filetypes and Helix's names).
+#[test]
+fn every_editor_lists_every_parsed_language() {
+    let helix = helix_config();
+    let helix_names: Vec<&str> = helix["language"]
+        .as_array()
+        .expect("[[language]]")
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    let nvim = quoted_on_line("editors/nvim/lua/cerebrum/init.lua", "filetypes =");
+    let vscode_defaults = quoted_on_line("editors/vscode/src/settings.ts", "languages: [");
+    let package: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("editors/vscode/package.json"))
+            .expect("package.json"),
+    )
+    .expect("package.json is JSON");
+    let activation = package["activationEvents"]
+        .as_array()
+        .expect("activationEvents");
+    let selector =
+        &package["contributes"]["configuration"]["properties"]["cerebrum.languages"]["default"];
+    for language in Language::PARSED {
+        let name = language.name();
+        assert!(helix_names.contains(&name), "helix lists {name}");
+        assert!(
+            nvim.iter().any(|n| n == name),
+            "neovim's filetypes list {name}"
+        );
+        assert!(
+            vscode_defaults.iter().any(|n| n == name),
+            "DEFAULT_SETTINGS.languages lists {name}"
+        );
+        assert!(
+            activation.contains(&serde_json::json!(format!("onLanguage:{name}"))),
+            "package.json activates on {name}"
+        );
+        assert!(
+            selector
+                .as_array()
+                .is_some_and(|ids| ids.contains(&serde_json::json!(name))),
+            "package.json's cerebrum.languages default lists {name}"
+        );
+    }
+    // The two lists of VS Code defaults are one list.
+    assert_eq!(selector, &serde_json::json!(vscode_defaults));
 }
 
 /// lsp-edge alone (vps-infer, and with it llama.cpp, is not needed here), built with

@@ -44,11 +44,7 @@ fn counting_options() -> Value {
 /// small shared machine, where several servers spinning on every core each would
 /// slow all of them to a crawl.
 fn start() -> (VpsInfer, LspEdge) {
-    let infer = VpsInfer::builder()
-        .model("smollm2-135m", model_path("smollm2-135m"))
-        .arg("--threads")
-        .arg("1")
-        .start();
+    let infer = VpsInfer::start_smol_one_thread();
     let edge = LspEdge::start(&infer.url(), infer.api_key(), CONFIG, &[]);
     (infer, edge)
 }

@@ -280,3 +280,28 @@ fn cancelling_the_resolve_stops_the_generation_on_vps_infer() {
     }
     client.shutdown();
 }
+
+const TS_URI: &str = "file:///work/project/src/config.ts";
+const TS_TEXT: &str = "import * as fs from \"fs\";\n\nexport function readConfig(path: string): string {\n  const text = fs.readFileSync(path, \"utf8\");\n  return text.trim();\n}\n";
+
+/// A language added as data: TypeScript's instruction (from the language table) is
+/// enough for the 0.5B model, and the rewrite is checked by TypeScript's queries.
+#[test]
+fn refactor_to_async_in_typescript_on_qwen() {
+    let (_infer, edge) = start();
+    let mut client = edge.client();
+    initialize(&mut client, json!({}));
+    client.did_open(TS_URI, "typescript", 1, TS_TEXT);
+    // `export` stays outside the replaced range.
+    let ts_function = &TS_TEXT[TS_TEXT.find("function readConfig").unwrap()..TS_TEXT.len() - 1];
+    refactor_function(
+        &mut client,
+        TS_URI,
+        Language::TypeScript,
+        TS_TEXT,
+        "fs.readFileSync",
+        ts_function,
+        "readConfig",
+    );
+    client.shutdown();
+}

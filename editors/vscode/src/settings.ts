@@ -15,7 +15,7 @@ export const DEFAULT_SETTINGS: Settings = {
   host: "127.0.0.1",
   port: 7001,
   token: "",
-  languages: ["python", "rust"],
+  languages: ["python", "rust", "typescript", "javascript", "javascriptreact", "go", "c", "java"],
 };
 
 export type SettingsResult = { ok: true; settings: Settings } | { ok: false; error: string };

@@ -13,7 +13,7 @@ use crate::prompt::{instruction_prompt, windows};
 use crate::rank::{identifiers, terms, Bm25, Term};
 use crate::{
     extract_instruction, ChunkQuery, Context, ContextError, ContextStats, Document, EngineConfig,
-    ExtraChunk, Language, Mode,
+    ExtraChunk, FunctionQuery, Language, Mode,
 };
 
 /// Documents kept for [`ContextEngine::context_for_text`], by path.
@@ -34,8 +34,9 @@ const STICKY_BOOST: f32 = 50.0;
 #[derive(Debug)]
 pub struct ContextEngine {
     config: EngineConfig,
-    python: ChunkQuery,
-    rust: ChunkQuery,
+    /// Each parsed language's chunk query, indexed by the language (the order of
+    /// [`Language::PARSED`]).
+    chunk_queries: Vec<ChunkQuery>,
     /// The last documents `context_for_text` parsed, by path and language, most
     /// recent first: a request that repeats a file with a small change re-parses
     /// incrementally instead of from scratch.
@@ -56,13 +57,18 @@ pub struct ContextOptions {
 
 impl ContextEngine {
     /// Validates the configuration and compiles the queries (built-in, or from
-    /// `config.queries_dir` where it has them).
+    /// `config.queries_dir` where it has them). The built-in function queries are
+    /// compiled here too, so that a broken one fails at start, not at a code action.
     pub fn new(config: EngineConfig) -> Result<ContextEngine, ContextError> {
         config.validate()?;
         let dir = config.queries_dir.as_deref();
+        let mut chunk_queries = Vec::with_capacity(Language::PARSED.len());
+        for &language in Language::PARSED {
+            chunk_queries.push(ChunkQuery::load(language, dir)?);
+            FunctionQuery::built_in(language)?;
+        }
         Ok(ContextEngine {
-            python: ChunkQuery::load(Language::Python, dir)?,
-            rust: ChunkQuery::load(Language::Rust, dir)?,
+            chunk_queries,
             config,
             recent: Mutex::new(VecDeque::new()),
         })
@@ -73,11 +79,8 @@ impl ContextEngine {
     }
 
     fn query(&self, language: Language) -> Option<&ChunkQuery> {
-        match language {
-            Language::Python => Some(&self.python),
-            Language::Rust => Some(&self.rust),
-            Language::Other => None,
-        }
+        // `Other` is the last variant, past the end of the table.
+        self.chunk_queries.get(language as usize)
     }
 
     /// Parses `text` into a document to keep and edit. Never fails: broken code

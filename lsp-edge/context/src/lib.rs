@@ -29,12 +29,15 @@ pub mod rank;
 pub use config::EngineConfig;
 pub use document::Document;
 pub use engine::{ContextEngine, ContextOptions};
-pub use function::{enclosing_function, validate_async_rewrite, FunctionInfo};
+pub use function::{
+    dedent, enclosing_function, functions_in, rewrite_functions, validate_async_rewrite,
+    validate_rewrite, FunctionInfo, RewriteError, RewriteRules,
+};
 pub use instruction::{extract_code_block, extract_instruction};
-pub use language::Language;
+pub use language::{Language, LanguageSpec};
 pub use position::{byte_offset_at, line_column};
 pub use prompt::{render_text, Context, ContextStats, ExtraChunk, Mode};
-pub use queries::{ChunkQuery, QUERY_NAMES};
+pub use queries::{ChunkQuery, FunctionQuery, QUERY_NAMES};
 
 use std::path::PathBuf;
 
@@ -65,6 +68,8 @@ pub enum ContextError {
         field: &'static str,
         message: String,
     },
+    #[error("{message}")]
+    BuiltInQuery { language: Language, message: String },
     #[error("tree-sitter grammar for {language} cannot be loaded: {message}")]
     Grammar { language: Language, message: String },
 }

@@ -316,6 +316,130 @@ fn rust_unicode_and_crlf() {
     );
 }
 
+const TYPESCRIPT_MODULE: &str = r#"import { readFile } from "fs/promises";
+
+/** A cached key-value store. */
+export interface Backend {
+  load(key: string): Promise<string>;
+}
+
+type Key = string;
+
+export enum Mode { Read, Write }
+
+export class Store {
+  private items = new Map<Key, string>();
+
+  constructor(private backend: Backend) {}
+
+  // Loads a key through the backend, once.
+  async get(key: Key): Promise<string> {
+    const cached = this.items.get(key);
+    if (cached !== undefined) {
+      return cached;
+    }
+    const value = await this.backend.load(key);
+    this.items.set(key, value);
+    return value;
+  }
+
+  clear(): void {
+    this.items.clear();
+  }
+}
+
+export const parse = async (path: string) => JSON.parse(await readFile(path, "utf8"));
+
+function helper(x: number): number {
+  return x * 2;
+}
+"#;
+
+#[test]
+fn typescript_exports_classes_interfaces_and_arrow_functions() {
+    check_chunks(
+        Language::TypeScript,
+        TYPESCRIPT_MODULE,
+        expect![[r#"
+            1-1   glue  line 1                 import { readFile } from "fs/promises";
+            3-6   def   Backend                /** A cached key-value store. */
+            8-8   def   Key                    type Key = string;
+            10-10 def   Mode                   export enum Mode { Read, Write }
+            12-13 glue  Store                  export class Store {
+            15-15 def   Store::constructor       constructor(private backend: Backend) {}
+            17-26 def   Store::get               // Loads a key through the backend, once.
+            28-31 def   Store::clear             clear(): void {
+            33-33 def   parse                  export const parse = async (path: string) => JSON.parse(await readFile(path, "utf8"));
+            35-37 def   helper                 function helper(x: number): number {
+        "#]],
+    );
+}
+
+#[test]
+fn javascript_classes_jsx_and_arrow_functions() {
+    check_chunks(
+        Language::JavaScript,
+        "import React from \"react\";\n\n// Renders one row.\nexport function Row({ item }) {\n  return <li className=\"row\">{item.name}</li>;\n}\n\nclass List extends React.Component {\n  render() {\n    return <ul>{this.props.items.map((item) => <Row item={item} />)}</ul>;\n  }\n}\n\nconst total = (items) => items.reduce((sum, item) => sum + item.price, 0);\n\nmodule.exports = { List, total };\n",
+        expect![[r#"
+            1-1   glue  line 1                 import React from "react";
+            3-6   def   Row                    // Renders one row.
+            8-12  def   List                   class List extends React.Component {
+            14-14 def   total                  const total = (items) => items.reduce((sum, item) => sum + item.price, 0);
+            16-16 glue  line 16                module.exports = { List, total };
+        "#]],
+    );
+}
+
+#[test]
+fn go_functions_methods_and_types() {
+    check_chunks(
+        Language::Go,
+        "package store\n\nimport \"sync\"\n\n// Store is a key-value store safe for concurrent use.\ntype Store struct {\n\tmu    sync.Mutex\n\titems map[string]string\n}\n\n// New makes an empty store.\nfunc New() *Store {\n\treturn &Store{items: map[string]string{}}\n}\n\nfunc (s *Store) Get(key string) (string, bool) {\n\ts.mu.Lock()\n\tdefer s.mu.Unlock()\n\tv, ok := s.items[key]\n\treturn v, ok\n}\n\nvar limit = 64\n",
+        expect![[r#"
+            1-3   glue  lines 1-3              package store
+            5-9   def   Store                  // Store is a key-value store safe for concurrent use.
+            11-14 def   New                    // New makes an empty store.
+            16-21 def   Get                    func (s *Store) Get(key string) (string, bool) {
+            23-23 glue  line 23                var limit = 64
+        "#]],
+    );
+}
+
+#[test]
+fn c_functions_structs_typedefs_and_macros() {
+    check_chunks(
+        Language::C,
+        "#include <stdlib.h>\n\n#define MAX(a, b) ((a) > (b) ? (a) : (b))\n\nstruct point {\n    int x;\n    int y;\n};\n\ntypedef struct point point_t;\n\n/* Distance from the origin, squared. */\nint norm2(const point_t *p) {\n    return p->x * p->x + p->y * p->y;\n}\n\nchar *copy_name(const char *name) {\n    char *out = malloc(strlen(name) + 1);\n    strcpy(out, name);\n    return out;\n}\n\nstatic int counter = 0;\n",
+        expect![[r#"
+            1-1   glue  line 1                 #include <stdlib.h>
+            3-4   def   MAX                    #define MAX(a, b) ((a) > (b) ? (a) : (b))
+            5-8   def   point                  struct point {
+            8-8   glue  line 8                 ;
+            10-10 def   point_t                typedef struct point point_t;
+            12-15 def   norm2                  /* Distance from the origin, squared. */
+            17-21 def   copy_name              char *copy_name(const char *name) {
+            23-23 glue  line 23                static int counter = 0;
+        "#]],
+    );
+}
+
+#[test]
+fn java_classes_constructors_and_annotated_methods() {
+    check_chunks(
+        Language::Java,
+        "package store;\n\nimport java.util.HashMap;\n\n/** A key-value store. */\npublic class Store {\n    private final HashMap<String, String> items = new HashMap<>();\n\n    public Store() {}\n\n    @Override\n    public String toString() {\n        return \"Store(\" + items.size() + \")\";\n    }\n\n    // Stores a value and returns the old one.\n    public String put(String key, String value) {\n        String old = items.get(key);\n        items.put(key, value);\n        return old;\n    }\n\n    interface Listener {\n        void changed(String key);\n    }\n}\n\nenum Mode { READ, WRITE }\n",
+        expect![[r#"
+            1-3   glue  lines 1-3              package store;
+            5-7   glue  Store                  /** A key-value store. */
+            9-9   def   Store::Store               public Store() {}
+            11-14 def   Store::toString            @Override
+            16-21 def   Store::put                 // Stores a value and returns the old one.
+            23-26 def   Store::Listener            interface Listener {
+            28-28 def   Mode                   enum Mode { READ, WRITE }
+        "#]],
+    );
+}
+
 #[test]
 fn other_languages_chunk_in_overlapping_blocks() {
     let config = EngineConfig {

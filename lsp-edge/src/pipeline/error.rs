@@ -11,7 +11,9 @@ use crate::backend::BackendError;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     // The refactor's refusals, before any generation: the caller's to fix.
-    #[error("there is nothing to refactor in {0} code (Python and Rust are supported)")]
+    /// Text without a grammar, or "Refactor to async" in a language without async
+    /// functions.
+    #[error("{}", unsupported(*.0))]
     UnsupportedLanguage(Language),
     #[error("the cursor is not inside a function; select the code to refactor")]
     NoFunction,
@@ -35,4 +37,17 @@ pub enum PipelineError {
     /// A task of ours failed (a panic on a blocking thread): a bug, logged.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn unsupported(language: Language) -> String {
+    if language.spec().is_some() {
+        return format!(
+            "{language} has no async functions: there is no \"Refactor to async\" for it"
+        );
+    }
+    let names: Vec<&str> = Language::PARSED.iter().map(|l| l.name()).collect();
+    format!(
+        "there is nothing to refactor in {language} code ({} are supported)",
+        names.join(", ")
+    )
 }

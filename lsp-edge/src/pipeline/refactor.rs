@@ -18,11 +18,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use cerebrum_context::{
-    extract_code_block, ContextEngine, ContextOptions, Document, FunctionInfo, Language,
+    dedent, extract_code_block, functions_in, rewrite_functions, validate_rewrite, ContextEngine,
+    ContextOptions, Document, FunctionInfo, Language, RewriteRules,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tree_sitter::Node;
 
 use crate::backend::limiter::GenerationLimiter;
 use crate::backend::Backend;
@@ -32,26 +32,6 @@ use crate::pipeline::{self, GenerationInput, Observer, PipelineError, Prompt};
 
 /// The first attempt's temperature; the retry is greedy (0).
 pub const FIRST_TEMPERATURE: f32 = 0.2;
-
-/// The instruction behind "Refactor to async". The one-shot example matters: without
-/// it Qwen2.5-Coder 0.5B writes Rust's `.await` as a prefix (`await sleep(d)`), which
-/// does not parse.
-pub fn async_instruction(language: Language) -> &'static str {
-    match language {
-        Language::Rust => {
-            "Refactor to use async/await. Example: `fn load(p: &Path) -> String { \
-             std::thread::sleep(D); std::fs::read_to_string(p).unwrap() }` becomes \
-             `async fn load(p: &Path) -> String { tokio::time::sleep(D).await; \
-             tokio::fs::read_to_string(p).await.unwrap() }` (in Rust, `.await` comes \
-             after the expression)."
-        }
-        _ => {
-            "Refactor to use async/await: make it an `async def`, use \
-             `await asyncio.sleep(...)` instead of `time.sleep(...)`, and \
-             `httpx.AsyncClient` with `await` instead of `requests`."
-        }
-    }
-}
 
 /// What to rewrite.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,7 +278,10 @@ fn plan(engine: &ContextEngine, request: &RefactorRequest) -> Result<Plan, Pipel
     }
     let text = doc.text();
     let (instruction, require_async) = match request.instruction.as_deref().map(str::trim) {
-        None => (async_instruction(language).to_owned(), true),
+        None => match language.async_instruction() {
+            Some(instruction) => (instruction.to_owned(), true),
+            None => return Err(PipelineError::UnsupportedLanguage(language)),
+        },
         Some("") => return Err(PipelineError::EmptyInstruction),
         Some(instruction) => (instruction.to_owned(), false),
     };
@@ -310,16 +293,12 @@ fn plan(engine: &ContextEngine, request: &RefactorRequest) -> Result<Plan, Pipel
         }
     }
     let used_parameters = match &function {
-        Some(function) => definitions(doc, function.range.clone())
-            .iter()
-            .find(|def| def.name == function.name)
-            .map(|def| def.used_parameters(text))
-            .unwrap_or_default(),
+        Some(function) => function.used_parameters(text),
         None => Vec::new(),
     };
     let keep = match &function {
         Some(function) => vec![function.name.clone()],
-        None => definitions(doc, range.clone())
+        None => functions_in(doc, range.clone())
             .into_iter()
             .map(|def| def.name)
             .collect(),
@@ -368,7 +347,7 @@ fn plan(engine: &ContextEngine, request: &RefactorRequest) -> Result<Plan, Pipel
 /// a selection that is not wholly inside an async function (or that defines a
 /// synchronous one). Cheap: no model, one walk of the tree.
 pub fn async_refactor_applies(doc: &Document, target: &Target) -> bool {
-    if doc.language() == Language::Other {
+    if doc.language().async_instruction().is_none() {
         return false;
     }
     match resolve_target(doc, target) {
@@ -377,7 +356,7 @@ pub fn async_refactor_applies(doc: &Document, target: &Target) -> bool {
         Ok((range, None)) => {
             let inside_async = cerebrum_context::enclosing_function(doc, range.start)
                 .is_some_and(|f| f.is_async && f.range.end >= range.end);
-            !inside_async || definitions(doc, range).iter().any(|def| !def.is_async)
+            !inside_async || functions_in(doc, range).iter().any(|def| !def.is_async)
         }
     }
 }
@@ -487,10 +466,15 @@ impl Plan {
             Some(name) => pick_function(engine, self.language, &code, name, self.require_async)?,
             None => code,
         };
-        check(engine, self.language, &code, &self.keep, self.require_async)?;
-        if let Some(name) = &self.function {
-            check_parameters(engine, self.language, &code, name, &self.used_parameters)?;
-        }
+        let rules = RewriteRules {
+            keep: &self.keep,
+            require_async: self.require_async,
+            used_parameters: self
+                .function
+                .as_deref()
+                .map(|name| (name, self.used_parameters.as_slice())),
+        };
+        validate_rewrite(self.language, &code, &rules).map_err(|why| why.to_string())?;
         Ok(self.place(&code))
     }
 
@@ -523,8 +507,14 @@ fn pick_function(
     name: &str,
     want_async: bool,
 ) -> Result<String, String> {
-    let tree = parse(engine, language, code)?;
-    let defs = collect_definitions(language, tree.root_node(), code, 0..code.len());
+    let doc = engine.parse(language, code.to_owned());
+    let mut defs = functions_in(&doc, 0..code.len());
+    if !defs.iter().any(|def| def.name == name) {
+        // Not found where the answer parses with errors: a method alone parses only
+        // inside a class in some languages, and the validator knows how to look (or
+        // says where the syntax error is).
+        defs = rewrite_functions(language, code).map_err(|why| why.to_string())?;
+    }
     let def = defs
         .iter()
         .filter(|def| def.name == name)
@@ -532,210 +522,18 @@ fn pick_function(
         .or_else(|| defs.iter().find(|def| def.name == name));
     match def {
         Some(def) => {
+            // From the line start, so that dedenting sees the first line's
+            // indentation; but not over words before the definition (TypeScript's
+            // `export`), which the target's range leaves outside too.
             let line_start = code[..def.range.start].rfind('\n').map_or(0, |i| i + 1);
-            Ok(dedent(&code[line_start..def.range.end]))
+            let start = match code[line_start..def.range.start].trim().is_empty() {
+                true => line_start,
+                false => def.range.start,
+            };
+            Ok(dedent(&code[start..def.range.end]))
         }
-        None if tree.root_node().has_error() => Err(syntax_error(tree.root_node())),
         None => Err(format!("it does not define `{name}`")),
     }
-}
-
-/// The checks before an edit: the code parses without error nodes, defines every
-/// function in `keep`, and (when async is required) they are async; with nothing to
-/// keep, async code must at least await something.
-fn check(
-    engine: &ContextEngine,
-    language: Language,
-    code: &str,
-    keep: &[String],
-    require_async: bool,
-) -> Result<(), String> {
-    let tree = parse(engine, language, code)?;
-    let root = tree.root_node();
-    if root.has_error() {
-        return Err(syntax_error(root));
-    }
-    let defs = collect_definitions(language, root, code, 0..code.len());
-    for name in keep {
-        let mine: Vec<&Definition> = defs.iter().filter(|def| &def.name == name).collect();
-        if mine.is_empty() {
-            return Err(format!("it does not define `{name}`"));
-        }
-        if require_async && !mine.iter().any(|def| def.is_async) {
-            return Err(format!("`{name}` is not async"));
-        }
-    }
-    if require_async && keep.is_empty() {
-        let awaits =
-            cerebrum_context::rank::identifiers(code).any(|w| w == "await" || w == "async");
-        if !awaits {
-            return Err("it neither defines an async function nor awaits anything".into());
-        }
-    }
-    Ok(())
-}
-
-/// The rewritten function `name` must still use each of `used` in its body.
-fn check_parameters(
-    engine: &ContextEngine,
-    language: Language,
-    code: &str,
-    name: &str,
-    used: &[String],
-) -> Result<(), String> {
-    let tree = parse(engine, language, code)?;
-    let defs = collect_definitions(language, tree.root_node(), code, 0..code.len());
-    let Some(def) = defs.iter().find(|def| def.name == name) else {
-        return Err(format!("it does not define `{name}`"));
-    };
-    let still_used = def.used_parameters(code);
-    match used.iter().find(|param| !still_used.contains(param)) {
-        Some(param) => Err(format!("`{name}` no longer uses its parameter `{param}`")),
-        None => Ok(()),
-    }
-}
-
-fn parse(
-    engine: &ContextEngine,
-    language: Language,
-    code: &str,
-) -> Result<tree_sitter::Tree, String> {
-    // The engine's parser; trees are reference-counted, so the clone copies nothing.
-    engine
-        .parse(language, code.to_owned())
-        .tree()
-        .cloned()
-        .ok_or_else(|| format!("{language} code cannot be parsed"))
-}
-
-fn syntax_error(root: Node<'_>) -> String {
-    let mut node = root;
-    'descend: loop {
-        if node.is_error() || node.is_missing() {
-            break;
-        }
-        let mut walker = node.walk();
-        for child in node.children(&mut walker) {
-            if child.has_error() || child.is_missing() {
-                node = child;
-                continue 'descend;
-            }
-        }
-        break;
-    }
-    let at = node.start_position();
-    format!(
-        "it has a syntax error at line {}, column {}",
-        at.row + 1,
-        at.column + 1
-    )
-}
-
-/// A function definition: its name, its range (with decorators), whether async, and
-/// where its parameter list ends (its body follows).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Definition {
-    name: String,
-    range: Range<usize>,
-    is_async: bool,
-    params: Range<usize>,
-}
-
-impl Definition {
-    /// The parameters the function's body uses. A rewrite that stops using one has
-    /// dropped part of the function's work (SmolLM2's favourite way to "follow" an
-    /// instruction is to replace every call with `await asyncio.sleep(1)`).
-    fn used_parameters(&self, text: &str) -> Vec<String> {
-        let body: std::collections::HashSet<&str> =
-            cerebrum_context::rank::identifiers(&text[self.params.end..self.range.end]).collect();
-        let mut used: Vec<String> = Vec::new();
-        for word in cerebrum_context::rank::identifiers(&text[self.params.clone()]) {
-            if body.contains(word) && word != "self" && !used.iter().any(|seen| seen == word) {
-                used.push(word.to_owned());
-            }
-        }
-        used
-    }
-}
-
-fn is_function(language: Language, kind: &str) -> bool {
-    match language {
-        Language::Python => kind == "function_definition",
-        Language::Rust => kind == "function_item",
-        Language::Other => false,
-    }
-}
-
-/// The outermost function definitions inside `within` (looking into classes, impls
-/// and modules, not into functions).
-fn collect_definitions(
-    language: Language,
-    root: Node<'_>,
-    text: &str,
-    within: Range<usize>,
-) -> Vec<Definition> {
-    let mut found = Vec::new();
-    let mut stack = vec![root];
-    while let Some(node) = stack.pop() {
-        if node.end_byte() <= within.start || node.start_byte() >= within.end {
-            continue;
-        }
-        if is_function(language, node.kind()) {
-            let Some(name_node) = node.child_by_field_name("name") else {
-                continue;
-            };
-            let outer = node
-                .parent()
-                .filter(|parent| parent.kind() == "decorated_definition")
-                .unwrap_or(node);
-            if outer.start_byte() >= within.start && outer.end_byte() <= within.end {
-                let head = &text[node.start_byte()..name_node.start_byte()];
-                let params = node
-                    .child_by_field_name("parameters")
-                    .map_or(name_node.end_byte()..name_node.end_byte(), |p| {
-                        p.byte_range()
-                    });
-                found.push(Definition {
-                    name: text[name_node.byte_range()].to_owned(),
-                    range: outer.byte_range(),
-                    is_async: cerebrum_context::rank::identifiers(head).any(|w| w == "async"),
-                    params,
-                });
-            }
-            continue;
-        }
-        let mut walker = node.walk();
-        let children: Vec<Node<'_>> = node.children(&mut walker).collect();
-        stack.extend(children.into_iter().rev());
-    }
-    found
-}
-
-/// The functions defined inside `range` of a document.
-fn definitions(doc: &Document, range: Range<usize>) -> Vec<Definition> {
-    match doc.tree() {
-        Some(tree) => collect_definitions(doc.language(), tree.root_node(), doc.text(), range),
-        None => Vec::new(),
-    }
-}
-
-/// Removes the indentation common to all non-blank lines; blank lines become empty.
-fn dedent(code: &str) -> String {
-    let indent = code
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| leading_indent(line).len())
-        .min()
-        .unwrap_or(0);
-    code.split_inclusive('\n')
-        .map(|line| {
-            if line.trim().is_empty() {
-                line.trim_start_matches([' ', '\t'])
-            } else {
-                &line[indent..]
-            }
-        })
-        .collect()
 }
 
 fn leading_indent(line: &str) -> &str {
@@ -936,7 +734,7 @@ mod tests {
             "hello $0world\n",
             None,
             answer,
-            expect!["plan error: there is nothing to refactor in other code (Python and Rust are supported)"],
+            expect!["plan error: there is nothing to refactor in other code (python, rust, typescript, javascript, go, c, java are supported)"],
         );
         check_refactor(
             Language::Python,
@@ -1023,6 +821,136 @@ mod tests {
             &text[plan.range.clone()],
             "def fetch(self, url):\n        return parse(requests.get(url))"
         );
+    }
+
+    #[test]
+    fn typescript_and_javascript_functions_become_async() {
+        check_refactor(
+            Language::TypeScript,
+            "export class Store {\n  load(key: string): string {\n    return fs.readFileSync(k$0ey, \"utf8\");\n  }\n}\n",
+            None,
+            "```typescript\nasync load(key: string): Promise<string> {\n  return await fs.promises.readFile(key, \"utf8\");\n}\n```",
+            expect![[r#"
+                export class Store {
+                  async load(key: string): Promise<string> {
+                    return await fs.promises.readFile(key, "utf8");
+                  }
+                }
+            "#]],
+        );
+        // `export` is outside the function: kept, and not doubled when the answer
+        // repeats it.
+        check_refactor(
+            Language::TypeScript,
+            "export function readConfig(path: string): string {\n  return fs.readFileSync(p$0ath, \"utf8\").trim();\n}\n",
+            None,
+            "export async function readConfig(path: string): Promise<string> {\n  return (await fs.promises.readFile(path, \"utf8\")).trim();\n}\n",
+            expect![[r#"
+                export async function readConfig(path: string): Promise<string> {
+                  return (await fs.promises.readFile(path, "utf8")).trim();
+                }
+            "#]],
+        );
+        // An arrow function is replaced with its `const` declaration.
+        check_refactor(
+            Language::JavaScript,
+            "const fetchAll = (urls) => urls.map((u) => get($0u));\nmodule.exports = { fetchAll };\n",
+            None,
+            "const fetchAll = async (urls) => Promise.all(urls.map((u) => get(u)));\n",
+            expect![[r#"
+                const fetchAll = async (urls) => Promise.all(urls.map((u) => get(u)));
+                module.exports = { fetchAll };
+            "#]],
+        );
+        check_refactor(
+            Language::JavaScript,
+            "function wait(ms) {\n  sleep$0Sync(ms);\n}\n",
+            None,
+            "function wait(ms) {\n  return sleep(ms);\n}\n",
+            expect!["rejected: `wait` is not async"],
+        );
+    }
+
+    #[test]
+    fn the_typescript_prompt_carries_the_typescript_instruction() {
+        let text =
+            "function load(path: string): string {\n  return fs.readFileSync(path, \"utf8\");\n}\n";
+        let engine = engine();
+        let request = RefactorRequest {
+            document: engine.parse(Language::TypeScript, text.to_owned()),
+            target: Target::Function {
+                cursor: text.find("return").unwrap(),
+            },
+            instruction: None,
+            path: None,
+        };
+        let plan = plan(&engine, &request).unwrap();
+        assert!(plan.require_async);
+        assert_eq!(
+            Some(plan.instruction.as_str()),
+            Language::TypeScript.async_instruction()
+        );
+        expect![[r#"
+            # INSTRUCTION: Refactor to use async/await. Example: `function load(path: string): string { sleepSync(100); return fs.readFileSync(path, "utf8"); }` becomes `async function load(path: string): Promise<string> { await sleep(100); return await fs.promises.readFile(path, "utf8"); }` (an `async` function returns a `Promise`, and `await` goes before each call that returns one).
+
+            Here is the code:
+            ```typescript
+            function load(path: string): string {
+              return fs.readFileSync(path, "utf8");
+            }
+            ```
+
+            Refactored code:
+            ```typescript
+        "#]]
+        .assert_eq(&plan.prompt);
+    }
+
+    /// Languages without async functions get no action and a clear error, never
+    /// another language's instruction.
+    #[test]
+    fn no_refactor_to_async_without_async_functions() {
+        let engine = engine();
+        for (language, text) in [
+            (Language::Go, "func wait() {\n\ttime.Sleep(d)\n}\n"),
+            (Language::C, "void wait(void) {\n    sleep(1);\n}\n"),
+            (
+                Language::Java,
+                "class A {\n    void wait() {\n        sleep(1);\n    }\n}\n",
+            ),
+        ] {
+            let doc = engine.parse(language, text.to_owned());
+            let cursor = text.find("leep").unwrap();
+            assert!(
+                !async_refactor_applies(&doc, &Target::Function { cursor }),
+                "{language}"
+            );
+            let request = RefactorRequest {
+                document: doc.clone(),
+                target: Target::Function { cursor },
+                instruction: None,
+                path: None,
+            };
+            let err = plan(&engine, &request).unwrap_err();
+            assert!(matches!(err, PipelineError::UnsupportedLanguage(l) if l == language));
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{language} has no async functions: there is no \"Refactor to async\" for it"
+                )
+            );
+            // Other instructions still apply.
+            let request = RefactorRequest {
+                instruction: Some("add a comment".into()),
+                ..request
+            };
+            assert!(plan(&engine, &request).is_ok(), "{language}");
+        }
+        let ts = engine.parse(Language::TypeScript, "function f() { g(); }\n".into());
+        assert!(async_refactor_applies(
+            &ts,
+            &Target::Function { cursor: 15 }
+        ));
     }
 
     #[test]
