@@ -44,8 +44,7 @@ async fn post_stream(server: &VpsInfer, path: &str, body: Value) -> (Vec<Value>,
     let text = response.text().await.unwrap();
     let done_last = text
         .lines()
-        .filter(|l| l.starts_with("data:"))
-        .next_back()
+        .rfind(|l| l.starts_with("data:"))
         .is_some_and(|l| l.trim() == "data: [DONE]");
     let without_done: String = text
         .lines()

@@ -9,7 +9,6 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod guard;
-pub mod http_server;
 pub mod routes;
 pub mod stats;
 
@@ -61,7 +60,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "vps-infer ready"
     );
     let signal = shutdown.clone();
-    let limits = http_server::ServerLimits {
+    let limits = cerebrum_serve::ServerLimits {
         max_connections: config.max_connections,
         header_timeout: HEADER_TIMEOUT,
     };
@@ -70,7 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down: ending open streams");
         signal.cancel();
     };
-    if !http_server::serve(
+    if !cerebrum_serve::serve(
         listener,
         app(state),
         limits,

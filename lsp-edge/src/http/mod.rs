@@ -10,7 +10,6 @@
 
 pub mod error;
 pub mod routes;
-pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,13 +121,13 @@ pub async fn spawn(edge: Arc<Edge>) -> std::io::Result<HttpServer> {
     let shutdown = state.shutdown.clone();
     let signal = shutdown.clone().cancelled_owned();
     let router = app(state);
-    let limits = server::ServerLimits {
+    let limits = cerebrum_serve::ServerLimits {
         max_connections: edge_limits.max_connections,
         header_timeout: HEADER_TIMEOUT,
     };
     let task = tokio::spawn(async move {
         // `shutdown` bounds the drain itself.
-        server::serve(listener, router, limits, signal, Duration::MAX).await;
+        cerebrum_serve::serve(listener, router, limits, signal, Duration::MAX).await;
     });
     tracing::info!(listen = %addr, "HTTP endpoint listening");
     Ok(HttpServer {

@@ -4,8 +4,8 @@
 //! keep-alive connections. Request bodies have their own deadline where they are
 //! read (`ApiJson`).
 //!
-//! vps-infer and lsp-edge each carry a copy of this small loop
-//! (`vps-infer/src/http_server.rs`): they share no crate but the context engine.
+//! Both services serve HTTP through it: vps-infer its API, lsp-edge its endpoint for
+//! scripts. It lives beside lsp-edge's context crate, the only other code they share.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +30,8 @@ pub struct ServerLimits {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting,
 /// asks every connection to close after its response in flight, and returns once
-/// they all have (`true`), or when `drain` has passed (`false`).
+/// they all have (`true`), or when `drain` has passed (`false`; the connections
+/// left are dropped with the runtime).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
