@@ -12,12 +12,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower_lsp_server::lsp_types::request::WorkDoneProgressCreate;
 use tower_lsp_server::lsp_types::{
     CodeAction, CodeActionKind, CodeActionOptions, CodeActionOrCommand, CodeActionParams,
     CodeActionProviderCapability, CodeActionResponse, ExecuteCommandOptions, ExecuteCommandParams,
-    NumberOrString, OneOf, OptionalVersionedTextDocumentIdentifier, ProgressToken, Range,
-    TextDocumentEdit, TextEdit, Uri, WorkDoneProgressCreateParams, WorkspaceEdit,
+    OneOf, OptionalVersionedTextDocumentIdentifier, ProgressToken, Range, TextDocumentEdit,
+    TextEdit, Uri, WorkspaceEdit,
 };
 use tower_lsp_server::Client;
 use tracing::Instrument;
@@ -355,28 +354,13 @@ async fn report_progress(
 ) {
     let token = match token {
         Some(token) => token,
+        // The refactor never waits for the editor's answer: without one by the end
+        // there is simply no progress.
         None if supported => {
-            static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
-            let token = NumberOrString::String(format!(
-                "cerebrum-refactor-{}",
-                NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
-            ));
-            // Some editors (Helix) answer a server's request only after their own
-            // pending request (this resolve) is answered: the refactor never waits for
-            // this answer, and without it by the end there is simply no progress.
-            let create =
-                client.send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
-                    token: token.clone(),
-                });
-            tokio::select! {
-                created = create => {
-                    if created.is_err() {
-                        return;
-                    }
-                }
-                () = done.cancelled() => return,
+            match super::progress::create_token(&client, "refactor", done.cancelled()).await {
+                Some(token) => token,
+                None => return,
             }
-            token
         }
         None => return,
     };

@@ -6,6 +6,7 @@ mod error;
 pub mod framing;
 mod inflight;
 pub mod position;
+mod progress;
 mod session;
 mod typed_ahead;
 

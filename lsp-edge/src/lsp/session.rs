@@ -13,15 +13,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_lsp_server::jsonrpc::{Error, Result};
 use tower_lsp_server::lsp_types::notification::Notification;
-use tower_lsp_server::lsp_types::request::WorkDoneProgressCreate;
 use tower_lsp_server::lsp_types::{
     CompletionItem, CompletionItemKind, CompletionList, CompletionOptions, CompletionParams,
     CompletionResponse, CompletionTextEdit, DidChangeTextDocumentParams,
     DidCloseTextDocumentParams, DidOpenTextDocumentParams, InitializeParams, InitializeResult,
     InitializedParams, InlineCompletionItem, InlineCompletionList, InlineCompletionParams,
-    InlineCompletionResponse, InsertTextFormat, MessageType, NumberOrString, OneOf, Position,
-    ProgressToken, Range, ServerCapabilities, ServerInfo, TextDocumentSyncCapability,
-    TextDocumentSyncKind, TextDocumentSyncOptions, TextEdit, Uri, WorkDoneProgressCreateParams,
+    InlineCompletionResponse, InsertTextFormat, MessageType, OneOf, Position, ProgressToken, Range,
+    ServerCapabilities, ServerInfo, TextDocumentSyncCapability, TextDocumentSyncKind,
+    TextDocumentSyncOptions, TextEdit, Uri,
 };
 use tower_lsp_server::{Client, LanguageServer};
 use tracing::Instrument;
@@ -525,25 +524,14 @@ async fn report_model_load(
             break;
         }
         if progress.is_none() {
-            static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
-            let token = NumberOrString::String(format!(
-                "cerebrum-model-load-{}",
-                NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
-            ));
-            // Never wait for the editor's answer past the first token (see
-            // `code_action::report_progress`).
-            let create =
-                client.send_request::<WorkDoneProgressCreate>(WorkDoneProgressCreateParams {
-                    token: token.clone(),
-                });
-            tokio::select! {
-                created = create => {
-                    if created.is_err() {
-                        return;
-                    }
-                }
-                _ = &mut first_token => return,
-            }
+            // Never wait for the editor's answer past the first token.
+            let first = async {
+                let _ = (&mut first_token).await;
+            };
+            let Some(token) = super::progress::create_token(&client, "model-load", first).await
+            else {
+                return;
+            };
             progress = Some(
                 client
                     .progress(token, "Cerebrum")
@@ -737,7 +725,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             request.partial_result_token,
-            Some(NumberOrString::String("p1".into()))
+            Some(tower_lsp_server::lsp_types::NumberOrString::String(
+                "p1".into()
+            ))
         );
         assert_eq!(request.params.text_document_position.position.line, 1);
     }
