@@ -228,117 +228,102 @@ async fn run(
         "codeAction/resolve"
     };
     let span = tracing::info_span!("request", method, id, uri = %super::framing::shorten(uri.as_str(), 200));
-    run_in_span(
-        cx,
-        uri,
-        expected_version,
-        range,
-        instruction,
-        progress_token,
-    )
-    .instrument(span)
-    .await
-}
+    async {
+        let snapshot = cx.documents.snapshot(uri)?;
+        if let Some(expected) = expected_version {
+            if snapshot.version != expected {
+                return Err(LspError::Changed {
+                    expected,
+                    now: snapshot.version,
+                });
+            }
+        }
+        let version = snapshot.version;
+        let language = snapshot.language;
+        let rope = snapshot.rope.clone();
+        let path = snapshot.path.clone();
+        let target = target_of(&rope, range, cx.encoding);
+        let engine = cx.edge.engine.clone();
+        let (document, token) =
+            tokio::task::spawn_blocking(move || snapshot.into_document(&engine))
+                .await
+                .map_err(|err| LspError::internal(format!("parse task failed: {err}")))?;
+        cx.documents.store_parsed(token, document.clone());
 
-async fn run_in_span(
-    cx: &ActionContext<'_>,
-    uri: &Uri,
-    expected_version: Option<i32>,
-    range: Range,
-    instruction: Option<String>,
-    progress_token: Option<ProgressToken>,
-) -> Result<(WorkspaceEdit, RefactorOutcome), LspError> {
-    let snapshot = cx.documents.snapshot(uri)?;
-    if let Some(expected) = expected_version {
-        if snapshot.version != expected {
+        let env = RefactorEnv {
+            engine: cx.edge.engine.clone(),
+            backend: cx.backend.clone(),
+            limiter: cx.edge.limiter.clone(),
+            model: cx.config.models.model_for(language, Task::Refactor),
+        };
+        let request = RefactorRequest {
+            document,
+            target,
+            instruction,
+            path,
+        };
+        // Dropping this future ($/cancelRequest) cancels the token, which ends the
+        // progress report; the refactor's own stream is dropped with the future.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let (sender, receiver) = watch::channel(RefactorProgress::default());
+        let reporter = tokio::spawn(report_progress(
+            cx.client.clone(),
+            cx.work_done_progress,
+            progress_token,
+            receiver,
+            cancel.clone(),
+        ));
+        let started = tokio::time::Instant::now();
+        let result = refactor::refactor_document(&env, request, Some(sender), cancel.clone()).await;
+        cancel.cancel();
+        let _ = reporter.await;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::info!("refactor failed: {err}");
+                return Err(err.into());
+            }
+        };
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            attempts = outcome.attempts,
+            tokens = outcome.tokens,
+            "refactored"
+        );
+
+        // Positions from the rope the refactor worked on; the versioned edit makes the
+        // editor refuse it if the buffer moved on, and so do we.
+        let now = cx.documents.snapshot(uri)?.version;
+        if now != version {
             return Err(LspError::Changed {
-                expected,
-                now: snapshot.version,
+                expected: version,
+                now,
             });
         }
-    }
-    let version = snapshot.version;
-    let language = snapshot.language;
-    let rope = snapshot.rope.clone();
-    let path = snapshot.path.clone();
-    let target = target_of(&rope, range, cx.encoding);
-    let engine = cx.edge.engine.clone();
-    let (document, token) = tokio::task::spawn_blocking(move || snapshot.into_document(&engine))
-        .await
-        .map_err(|err| LspError::internal(format!("parse task failed: {err}")))?;
-    cx.documents.store_parsed(token, document.clone());
-
-    let env = RefactorEnv {
-        engine: cx.edge.engine.clone(),
-        backend: cx.backend.clone(),
-        limiter: cx.edge.limiter.clone(),
-        model: cx.config.models.model_for(language, Task::Refactor),
-    };
-    let request = RefactorRequest {
-        document,
-        target,
-        instruction,
-        path,
-    };
-    // Dropping this future ($/cancelRequest) cancels the token, which ends the
-    // progress report; the refactor's own stream is dropped with the future.
-    let cancel = CancellationToken::new();
-    let _cancel_on_drop = cancel.clone().drop_guard();
-    let (sender, receiver) = watch::channel(RefactorProgress::default());
-    let reporter = tokio::spawn(report_progress(
-        cx.client.clone(),
-        cx.work_done_progress,
-        progress_token,
-        receiver,
-        cancel.clone(),
-    ));
-    let started = tokio::time::Instant::now();
-    let result = refactor::refactor_document(&env, request, Some(sender), cancel.clone()).await;
-    cancel.cancel();
-    let _ = reporter.await;
-    let outcome = match result {
-        Ok(outcome) => outcome,
-        Err(err) => {
-            tracing::info!("refactor failed: {err}");
-            return Err(err.into());
-        }
-    };
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        attempts = outcome.attempts,
-        tokens = outcome.tokens,
-        "refactored"
-    );
-
-    // Positions from the rope the refactor worked on; the versioned edit makes the
-    // editor refuse it if the buffer moved on, and so do we.
-    let now = cx.documents.snapshot(uri)?.version;
-    if now != version {
-        return Err(LspError::Changed {
-            expected: version,
-            now,
-        });
-    }
-    let edit_range = Range::new(
-        position::from_byte(&rope, outcome.range.start, cx.encoding),
-        position::from_byte(&rope, outcome.range.end, cx.encoding),
-    );
-    let edit = WorkspaceEdit {
-        document_changes: Some(tower_lsp_server::lsp_types::DocumentChanges::Edits(vec![
-            TextDocumentEdit {
-                text_document: OptionalVersionedTextDocumentIdentifier {
-                    uri: uri.clone(),
-                    version: Some(version),
+        let edit_range = Range::new(
+            position::from_byte(&rope, outcome.range.start, cx.encoding),
+            position::from_byte(&rope, outcome.range.end, cx.encoding),
+        );
+        let edit = WorkspaceEdit {
+            document_changes: Some(tower_lsp_server::lsp_types::DocumentChanges::Edits(vec![
+                TextDocumentEdit {
+                    text_document: OptionalVersionedTextDocumentIdentifier {
+                        uri: uri.clone(),
+                        version: Some(version),
+                    },
+                    edits: vec![OneOf::Left(TextEdit {
+                        range: edit_range,
+                        new_text: outcome.new_text.clone(),
+                    })],
                 },
-                edits: vec![OneOf::Left(TextEdit {
-                    range: edit_range,
-                    new_text: outcome.new_text.clone(),
-                })],
-            },
-        ])),
-        ..WorkspaceEdit::default()
-    };
-    Ok((edit, outcome))
+            ])),
+            ..WorkspaceEdit::default()
+        };
+        Ok((edit, outcome))
+    }
+    .instrument(span)
+    .await
 }
 
 /// Shows `window/workDoneProgress` with the token count until `done` is cancelled:

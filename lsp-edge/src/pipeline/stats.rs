@@ -316,114 +316,113 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
     }
 }
 
+/// A metric family: name, type, help, and samples as (labels, value).
+type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, f64)>);
+
 /// The Prometheus text exposition (format 0.0.4) of a snapshot.
 pub fn prometheus_text(snapshot: &StatsSnapshot) -> String {
-    let mut out = String::new();
-    let r = &snapshot.requests;
-    metric(
-        &mut out,
-        "http_requests_total",
-        "counter",
-        "Generation requests over HTTP, by outcome.",
-        &[
-            ("{outcome=\"ok\"}", r.ok as f64),
-            ("{outcome=\"failed\"}", r.failed as f64),
-            ("{outcome=\"cancelled\"}", r.cancelled as f64),
-            ("{outcome=\"shed\"}", r.shed as f64),
-            ("{outcome=\"breaker_refused\"}", r.breaker_refused as f64),
-        ],
+    let (r, c, b, k) = (
+        &snapshot.requests,
+        &snapshot.cache,
+        &snapshot.breaker,
+        &snapshot.chunking,
     );
-    metric(
-        &mut out,
-        "http_rejected_total",
-        "counter",
-        "HTTP requests refused before any work, by reason.",
-        &[
-            ("{reason=\"invalid\"}", r.invalid as f64),
-            ("{reason=\"unauthorized\"}", r.unauthorized as f64),
-        ],
-    );
-    metric(
-        &mut out,
-        "generations_in_flight",
-        "gauge",
-        "Generations in flight (LSP and HTTP together).",
-        &[("", snapshot.in_flight as f64)],
-    );
-    metric(
-        &mut out,
-        "generations_max_in_flight",
-        "gauge",
-        "The shared limit on generations in flight.",
-        &[("", snapshot.max_in_flight as f64)],
-    );
-    let c = &snapshot.cache;
-    metric(
-        &mut out,
-        "cache_lookups_total",
-        "counter",
-        "Temperature-0 answer cache lookups, by result.",
-        &[
-            ("{result=\"hit\"}", c.hits as f64),
-            ("{result=\"miss\"}", c.misses as f64),
-        ],
-    );
-    metric(
-        &mut out,
-        "cache_entries",
-        "gauge",
-        "Answers in the cache.",
-        &[("", c.entries as f64)],
-    );
-    metric(
-        &mut out,
-        "cache_bytes",
-        "gauge",
-        "Bytes the cache holds, keys included.",
-        &[("", c.bytes as f64)],
-    );
-    let b = &snapshot.breaker;
     let state = |name: &str| if b.state == name { 1.0 } else { 0.0 };
-    metric(
-        &mut out,
-        "breaker_state",
-        "gauge",
-        "The backend circuit breaker's state (1 for the current one).",
-        &[
-            ("{state=\"closed\"}", state("closed")),
-            ("{state=\"open\"}", state("open")),
-            ("{state=\"half_open\"}", state("half_open")),
-        ],
-    );
-    metric(
-        &mut out,
-        "breaker_transitions_total",
-        "counter",
-        "Circuit breaker state changes, by the state entered.",
-        &[
-            ("{to=\"open\"}", b.transitions.opened as f64),
-            ("{to=\"half_open\"}", b.transitions.half_opened as f64),
-            ("{to=\"closed\"}", b.transitions.closed as f64),
-        ],
-    );
-    let k = &snapshot.chunking;
-    metric(
-        &mut out,
-        "context_requests_total",
-        "counter",
-        "Requests whose prompt went through the context engine.",
-        &[("", k.requests as f64)],
-    );
-    metric(
-        &mut out,
-        "context_chars_total",
-        "counter",
-        "Characters before and after the context engine.",
-        &[
-            ("{stage=\"before\"}", k.chars_before as f64),
-            ("{stage=\"after\"}", k.chars_after as f64),
-        ],
-    );
+    let families: Vec<Family> = vec![
+        (
+            "http_requests_total",
+            "counter",
+            "Generation requests over HTTP, by outcome.",
+            vec![
+                ("{outcome=\"ok\"}", r.ok as f64),
+                ("{outcome=\"failed\"}", r.failed as f64),
+                ("{outcome=\"cancelled\"}", r.cancelled as f64),
+                ("{outcome=\"shed\"}", r.shed as f64),
+                ("{outcome=\"breaker_refused\"}", r.breaker_refused as f64),
+            ],
+        ),
+        (
+            "http_rejected_total",
+            "counter",
+            "HTTP requests refused before any work, by reason.",
+            vec![
+                ("{reason=\"invalid\"}", r.invalid as f64),
+                ("{reason=\"unauthorized\"}", r.unauthorized as f64),
+            ],
+        ),
+        (
+            "generations_in_flight",
+            "gauge",
+            "Generations in flight (LSP and HTTP together).",
+            vec![("", snapshot.in_flight as f64)],
+        ),
+        (
+            "generations_max_in_flight",
+            "gauge",
+            "The shared limit on generations in flight.",
+            vec![("", snapshot.max_in_flight as f64)],
+        ),
+        (
+            "cache_lookups_total",
+            "counter",
+            "Temperature-0 answer cache lookups, by result.",
+            vec![
+                ("{result=\"hit\"}", c.hits as f64),
+                ("{result=\"miss\"}", c.misses as f64),
+            ],
+        ),
+        (
+            "cache_entries",
+            "gauge",
+            "Answers in the cache.",
+            vec![("", c.entries as f64)],
+        ),
+        (
+            "cache_bytes",
+            "gauge",
+            "Bytes the cache holds, keys included.",
+            vec![("", c.bytes as f64)],
+        ),
+        (
+            "breaker_state",
+            "gauge",
+            "The backend circuit breaker's state (1 for the current one).",
+            vec![
+                ("{state=\"closed\"}", state("closed")),
+                ("{state=\"open\"}", state("open")),
+                ("{state=\"half_open\"}", state("half_open")),
+            ],
+        ),
+        (
+            "breaker_transitions_total",
+            "counter",
+            "Circuit breaker state changes, by the state entered.",
+            vec![
+                ("{to=\"open\"}", b.transitions.opened as f64),
+                ("{to=\"half_open\"}", b.transitions.half_opened as f64),
+                ("{to=\"closed\"}", b.transitions.closed as f64),
+            ],
+        ),
+        (
+            "context_requests_total",
+            "counter",
+            "Requests whose prompt went through the context engine.",
+            vec![("", k.requests as f64)],
+        ),
+        (
+            "context_chars_total",
+            "counter",
+            "Characters before and after the context engine.",
+            vec![
+                ("{stage=\"before\"}", k.chars_before as f64),
+                ("{stage=\"after\"}", k.chars_after as f64),
+            ],
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, samples) in &families {
+        metric(&mut out, name, kind, help, samples);
+    }
     for (name, help, summary) in [
         (
             "overhead_seconds",

@@ -187,11 +187,7 @@ impl CompletionBody {
             max_tokens: self.n_predict,
             temperature: self.temperature,
             top_p: self.top_p,
-            stop: self
-                .stop
-                .take()
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
+            stop: OneOrMany::take_all(&mut self.stop),
             seed: self.seed,
         }
         .build()

@@ -78,6 +78,11 @@ impl OneOrMany {
             OneOrMany::Many(v) => v,
         }
     }
+
+    /// A request's `stop`, taken out of it: none, one string or a list.
+    pub(crate) fn take_all(stop: &mut Option<OneOrMany>) -> Vec<String> {
+        stop.take().map(OneOrMany::into_vec).unwrap_or_default()
+    }
 }
 
 /// Checks sampling parameters against our limits (the same as `/v1/inference`'s) and
@@ -307,7 +312,23 @@ impl Generation {
     ) -> Result<Generation, ApiError> {
         let model = request.model.clone();
         let (events, started) = start_generation(app, request).await?;
-        Ok(Generation {
+        Ok(Generation::new(
+            events,
+            started,
+            model,
+            watch,
+            app.shutdown.clone(),
+        ))
+    }
+
+    fn new(
+        events: mpsc::Receiver<Event>,
+        started: Started,
+        model: String,
+        watch: Watch,
+        shutdown: CancellationToken,
+    ) -> Generation {
+        Generation {
             events: Some(events),
             started,
             model,
@@ -318,10 +339,10 @@ impl Generation {
             released: 0,
             unjudged_line: None,
             tokens: 0,
-            shutdown: app.shutdown.clone(),
+            shutdown,
             finished: false,
             pending_done: None,
-        })
+        }
     }
 
     pub(crate) fn prompt_tokens(&self) -> usize {
@@ -517,24 +538,11 @@ mod tests {
     use super::*;
 
     fn generation(events: mpsc::Receiver<Event>, watch: Watch) -> Generation {
-        Generation {
-            events: Some(events),
-            started: Started {
-                prompt_tokens: 3,
-                cached_tokens: 1,
-            },
-            model: "m".into(),
-            taken: Instant::now(),
-            first_token: None,
-            watch,
-            text: String::new(),
-            released: 0,
-            unjudged_line: None,
-            tokens: 0,
-            shutdown: CancellationToken::new(),
-            finished: false,
-            pending_done: None,
-        }
+        let started = Started {
+            prompt_tokens: 3,
+            cached_tokens: 1,
+        };
+        Generation::new(events, started, "m".into(), watch, CancellationToken::new())
     }
 
     /// Feeds `tokens` through a [`Generation`] watched by `watch`; returns the pieces

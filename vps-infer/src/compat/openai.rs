@@ -112,11 +112,7 @@ impl Common {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
-            stop: self
-                .stop
-                .take()
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
+            stop: OneOrMany::take_all(&mut self.stop),
             seed: self.seed,
         }
     }
