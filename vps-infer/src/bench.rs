@@ -203,8 +203,7 @@ fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> 
         parts: PromptParts {
             prompt: prompt.to_string(),
             suffix: suffix.map(str::to_string),
-            extra: Vec::new(),
-            chat: None,
+            ..PromptParts::default()
         },
         sampling: Sampling {
             max_tokens,

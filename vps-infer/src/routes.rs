@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::prompt::ChatRequest;
+use crate::engine::prompt::{ChatRequest, FimOrder};
 use crate::engine::{
     self, Engine, EngineError, Event, Extra, GenerateRequest, PromptParts, Sampling,
 };
@@ -210,6 +210,9 @@ pub struct InferenceBody {
     pub chat: bool,
     /// System message for `chat`.
     pub system: Option<String>,
+    /// `psm` (default) or `spm`: where `suffix` goes in the prompt.
+    #[serde(default)]
+    pub fim_order: FimOrder,
 }
 
 impl InferenceBody {
@@ -252,6 +255,7 @@ impl InferenceBody {
                 chat: self.chat.then_some(ChatRequest {
                     system: self.system,
                 }),
+                fim_order: self.fim_order,
             },
             sampling: Sampling {
                 max_tokens,

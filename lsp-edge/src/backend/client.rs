@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::backend::breaker::{BreakerOpen, BreakerPermit, CircuitBreaker};
-use crate::config::{BackendConfig, Secret};
+use crate::config::{BackendConfig, FimOrder, Secret};
 
 /// One context chunk placed before the prompt (`{"label", "text"}` on the wire).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct InferenceRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     pub stream: bool,
+    /// Sent only when it is not vps-infer's default.
+    #[serde(skip_serializing_if = "FimOrder::is_psm")]
+    pub fim_order: FimOrder,
 }
 
 /// The final event's statistics.

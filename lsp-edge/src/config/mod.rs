@@ -198,6 +198,26 @@ pub struct CompletionConfig {
     pub budget_ms: u64,
     /// Streamed partial results are sent at line ends, or at most this often.
     pub partial_interval_ms: u64,
+    /// Where the suffix goes in a fill-in-the-middle prompt (`psm` or `spm`).
+    pub fim_order: FimOrder,
+}
+
+/// The order of a fill-in-the-middle prompt's parts, as vps-infer lays them out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FimOrder {
+    /// Prefix, suffix, middle: the order FIM models are trained on.
+    #[default]
+    Psm,
+    /// Suffix, prefix, middle: typing at the cursor (an Enter included) changes only
+    /// the end of the prompt, so vps-infer's KV cache keeps the rest.
+    Spm,
+}
+
+impl FimOrder {
+    pub fn is_psm(&self) -> bool {
+        *self == FimOrder::Psm
+    }
 }
 
 impl Default for CompletionConfig {
@@ -211,6 +231,7 @@ impl Default for CompletionConfig {
             max_lines: 12,
             budget_ms: 2_000,
             partial_interval_ms: 50,
+            fim_order: FimOrder::Psm,
         }
     }
 }

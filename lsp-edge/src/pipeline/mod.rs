@@ -137,6 +137,7 @@ pub fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
             request.prompt = prefix.clone();
             request.suffix = Some(suffix.clone());
             request.extra = extra.clone();
+            request.fim_order = settings.fim_order;
         }
         Prompt::Fim { prefix, extra, .. } | Prompt::Continue { prefix, extra } => {
             request.prompt = plain_prompt(prefix, extra);
@@ -308,6 +309,7 @@ pub fn load_probe_delay(backend: &BackendClient) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FimOrder;
 
     fn input(prompt: Prompt) -> GenerationInput {
         GenerationInput {
@@ -339,6 +341,21 @@ mod tests {
         assert_eq!(plain.suffix, None);
         assert!(plain.extra.is_empty());
         assert_eq!(plain.prompt, "def helper():\n    pass\n\ndef f():\n    ");
+    }
+
+    #[test]
+    fn the_fim_order_goes_out_with_the_fim_form_only() {
+        let mut input = input(Prompt::Fim {
+            prefix: "x = ".into(),
+            suffix: "\n".into(),
+            extra: Vec::new(),
+        });
+        input.settings.fim_order = FimOrder::Spm;
+        assert_eq!(request_for(&input, true).fim_order, FimOrder::Spm);
+        let plain = request_for(&input, false);
+        assert_eq!(plain.fim_order, FimOrder::Psm);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("fim_order").is_none(), "{json}");
     }
 
     #[test]

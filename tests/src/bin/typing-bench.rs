@@ -111,6 +111,10 @@ struct Args {
     /// One line per keystroke on stderr.
     #[arg(long)]
     verbose: bool,
+    /// lsp-edge's `completion.fim_order`: `psm` (prefix first) or `spm` (suffix first,
+    /// so typing at the cursor only changes the prompt's end).
+    #[arg(long, default_value = "psm")]
+    fim_order: String,
 }
 
 /// One timed keystroke.
@@ -358,7 +362,11 @@ fn play_cerebrum(
 ) -> Result<SystemRun> {
     let mut client = edge.client();
     client.initialize(
-        json!({"completion": {"temperature": 0.0, "max_tokens": args.max_tokens}}),
+        json!({"completion": {
+            "temperature": 0.0,
+            "max_tokens": args.max_tokens,
+            "fim_order": args.fim_order,
+        }}),
         json!({"general": {"positionEncodings": ["utf-16"]}}),
     );
     client.did_open(URI, "python", 1, &session.initial);
@@ -1002,6 +1010,7 @@ impl Report<'_> {
             "model": self.args.model,
             "threads": self.threads,
             "max_tokens": self.args.max_tokens,
+            "fim_order": self.args.fim_order,
             "file": self.file.display().to_string(),
             "first_line": self.args.first_line,
             "lines": self.args.lines,

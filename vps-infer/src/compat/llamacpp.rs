@@ -173,7 +173,7 @@ impl CompletionBody {
                 prompt: format!("{}{prompt}", self.input_prefix.take().unwrap_or_default()),
                 suffix: Some(self.input_suffix.take().unwrap_or_default()),
                 extra,
-                chat: None,
+                ..PromptParts::default()
             }
         } else {
             PromptParts {

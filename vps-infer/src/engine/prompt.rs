@@ -29,6 +29,21 @@ pub struct PromptParts {
     /// Wrap the prompt in the model's chat template as the user's turn, with this
     /// system message (if any), and let the model answer as the assistant.
     pub chat: Option<ChatRequest>,
+    /// Where the suffix goes in a fill-in-the-middle prompt.
+    pub fim_order: FimOrder,
+}
+
+/// The order of a fill-in-the-middle prompt's parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FimOrder {
+    /// `<PRE>prefix<SUF>suffix<MID>`: the order most FIM models were trained on.
+    #[default]
+    Psm,
+    /// `<SUF>suffix<PRE>prefix<MID>`: the text before the cursor comes last, so typing
+    /// there (an Enter included) changes only the end of the prompt, and the KV cache
+    /// keeps everything before it (llama.cpp's `--spm-infill`).
+    Spm,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -199,10 +214,22 @@ pub fn layout(
             if let (Some(sep), false) = (fim.file_sep, parts.extra.is_empty()) {
                 tokens.push(sep);
             }
-            tokens.push(fim.prefix);
-            tokens.extend(vocab.tokenize(&parts.prompt));
-            tokens.push(fim.suffix);
-            tokens.extend(vocab.tokenize(suffix));
+            let prefix = vocab.tokenize(&parts.prompt);
+            let suffix = vocab.tokenize(suffix);
+            match parts.fim_order {
+                FimOrder::Psm => {
+                    tokens.push(fim.prefix);
+                    tokens.extend(prefix);
+                    tokens.push(fim.suffix);
+                    tokens.extend(suffix);
+                }
+                FimOrder::Spm => {
+                    tokens.push(fim.suffix);
+                    tokens.extend(suffix);
+                    tokens.push(fim.prefix);
+                    tokens.extend(prefix);
+                }
+            }
             tokens.push(fim.middle);
         }
     }
@@ -269,6 +296,7 @@ mod tests {
                 text: "def f(): pass".into(),
             }],
             chat: None,
+            fim_order: FimOrder::Psm,
         }
     }
 
@@ -278,6 +306,30 @@ mod tests {
         assert_eq!(
             render(&t),
             "<SEP>a.py::f\ndef f(): pass\n<SEP><PRE>x = <SUF>\ny<MID>"
+        );
+    }
+
+    #[test]
+    fn spm_puts_the_suffix_before_the_prefix_so_an_enter_keeps_it_cached() {
+        let spm = |prompt: &str, suffix: &str| {
+            let parts = PromptParts {
+                fim_order: FimOrder::Spm,
+                ..parts(prompt, Some(suffix))
+            };
+            layout(&Bytes, Some(FIM), None, "m", &parts).unwrap()
+        };
+        let before = spm("x = 1", "\ny");
+        assert_eq!(
+            render(&before),
+            "<SEP>a.py::f\ndef f(): pass\n<SEP><SUF>\ny<PRE>x = 1<MID>"
+        );
+        // Enter at the cursor: the suffix (counted from the cursor) is unchanged, so
+        // only the prefix's end and <MID> differ.
+        let after = spm("x = 1\n", "\ny");
+        let shared = common_prefix(&before, &after);
+        assert_eq!(
+            render(&before[..shared]),
+            "<SEP>a.py::f\ndef f(): pass\n<SEP><SUF>\ny<PRE>x = 1"
         );
     }
 
