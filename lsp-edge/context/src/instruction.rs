@@ -2,6 +2,8 @@
 
 use std::ops::Range;
 
+use crate::Language;
+
 /// Verbs that open an instruction: `# refactor ...`, `Convert this to async`.
 const COMMAND_VERBS: &[&str] = &[
     "add",
@@ -63,9 +65,16 @@ pub fn extract_instruction(text: &str) -> Option<(String, Range<usize>)> {
     command(line).map(|instruction| (instruction, last_range))
 }
 
+/// The text after a line comment's marker: any parsed language's, or `--` (SQL,
+/// Lua, Haskell), since the text's language is not known here.
 fn strip_comment(line: &str) -> Option<&str> {
-    ["//", "#", "--"]
+    let markers = Language::PARSED
         .iter()
+        .filter_map(|language| language.spec())
+        .map(|spec| spec.line_comment)
+        .chain(["--"]);
+    markers
+        .into_iter()
         .find_map(|marker| line.strip_prefix(marker))
         .map(|rest| rest.trim_start_matches(['/', '#', '!']).trim())
 }

@@ -57,6 +57,10 @@ pub struct EvalArgs {
     /// Number of cases.
     #[arg(long, default_value_t = 60)]
     pub count: usize,
+    /// Languages to draw holes from (repeatable). Python and Rust by default, the
+    /// set every recorded figure in docs/benchmarks.md was measured on.
+    #[arg(long = "language", default_values = ["python", "rust"], value_parser = parse_language)]
+    pub languages: Vec<Language>,
     /// A plain window of BEFORE characters before the cursor and AFTER after it (whole
     /// lines, no chunks), sent as fill-in-the-middle in the same run; AFTER defaults
     /// to BEFORE / 3. Repeatable.
@@ -136,7 +140,7 @@ impl Rng {
 const SKIPPED_DIRS: [&str; 4] = ["__pycache__", "node_modules", "target", "site-packages"];
 
 /// The `.py` and `.rs` files under `root` within the size limits, sorted.
-fn list_files(root: &Path) -> anyhow::Result<Vec<SourceFile>> {
+fn list_files(root: &Path, languages: &[Language]) -> anyhow::Result<Vec<SourceFile>> {
     let base = root.parent().unwrap_or(root);
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -159,7 +163,7 @@ fn list_files(root: &Path) -> anyhow::Result<Vec<SourceFile>> {
                 if !SKIPPED_DIRS.contains(&name.as_ref()) {
                     stack.push(path);
                 }
-            } else if kind.is_file() && (name.ends_with(".py") || name.ends_with(".rs")) {
+            } else if kind.is_file() && languages.contains(&Language::from_path(&path)) {
                 let size = entry.metadata().map_or(0, |meta| meta.len());
                 if (MIN_FILE_BYTES..=MAX_FILE_BYTES).contains(&size) {
                     let label = path
@@ -253,16 +257,19 @@ type Holes = (String, Vec<(usize, usize)>);
 pub fn make_cases(
     engine: &ContextEngine,
     sources: &[PathBuf],
+    languages: &[Language],
     seed: u64,
     count: usize,
 ) -> anyhow::Result<Vec<Case>> {
     let mut trees = Vec::new();
     for source in sources {
-        let files = list_files(source)?;
+        let files = list_files(source, languages)?;
         if files.is_empty() {
+            let names: Vec<&str> = languages.iter().map(|l| l.name()).collect();
             anyhow::bail!(
-                "{} holds no .py or .rs file of {MIN_FILE_BYTES} to {MAX_FILE_BYTES} bytes",
-                source.display()
+                "{} holds no {} file of {MIN_FILE_BYTES} to {MAX_FILE_BYTES} bytes",
+                source.display(),
+                names.join(" or ")
             );
         }
         trees.push(files);
@@ -653,16 +660,27 @@ pub fn render_table(report: &Report) -> String {
     out
 }
 
+fn parse_language(name: &str) -> Result<Language, String> {
+    match Language::from_name(name) {
+        Language::Other => {
+            let known: Vec<&str> = Language::PARSED.iter().map(|l| l.name()).collect();
+            Err(format!("unknown language (known: {})", known.join(", ")))
+        }
+        language => Ok(language),
+    }
+}
+
 /// `lsp-edge eval`.
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref(), args.backend.as_ref())?;
     let engine =
         ContextEngine::new(EngineConfig::default()).context("cannot build the context engine")?;
     let sources = args.sources.clone();
-    let (seed, count) = (args.seed, args.count);
-    let cases = tokio::task::spawn_blocking(move || make_cases(&engine, &sources, seed, count))
-        .await
-        .context("drawing cases failed")??;
+    let (languages, seed, count) = (args.languages.clone(), args.seed, args.count);
+    let cases =
+        tokio::task::spawn_blocking(move || make_cases(&engine, &sources, &languages, seed, count))
+            .await
+            .context("drawing cases failed")??;
     if cases.is_empty() {
         anyhow::bail!("the sources hold no eligible line");
     }
@@ -849,9 +867,30 @@ mod tests {
         std::fs::write(src.join("m.py"), &body).unwrap();
         std::fs::write(src.join("small.py"), "x = 1\n").unwrap();
         let engine = ContextEngine::new(EngineConfig::default()).unwrap();
-        let a = make_cases(&engine, std::slice::from_ref(&src), 7, 5).unwrap();
-        let b = make_cases(&engine, std::slice::from_ref(&src), 7, 5).unwrap();
-        let c = make_cases(&engine, std::slice::from_ref(&src), 8, 5).unwrap();
+        let a = make_cases(
+            &engine,
+            std::slice::from_ref(&src),
+            &[Language::Python],
+            7,
+            5,
+        )
+        .unwrap();
+        let b = make_cases(
+            &engine,
+            std::slice::from_ref(&src),
+            &[Language::Python],
+            7,
+            5,
+        )
+        .unwrap();
+        let c = make_cases(
+            &engine,
+            std::slice::from_ref(&src),
+            &[Language::Python],
+            8,
+            5,
+        )
+        .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let key = |cases: &[Case]| cases.iter().map(|c| c.line).collect::<Vec<_>>();
         assert_eq!(a.len(), 5);
