@@ -115,6 +115,10 @@ struct Args {
     /// so typing at the cursor only changes the prompt's end).
     #[arg(long, default_value = "psm")]
     fim_order: String,
+    /// A TOML file added to lsp-edge's configuration (e.g. a `[context]` section with
+    /// other prompt windows), to measure what it costs a keystroke.
+    #[arg(long)]
+    edge_config: Option<PathBuf>,
 }
 
 /// One timed keystroke.
@@ -335,7 +339,17 @@ fn run_cerebrum(
     let mut infer = Service::spawn("vps-infer", cmd, addr);
     started(&infer);
     let infer_url = format!("http://{addr}");
-    let mut edge = LspEdge::start(&infer_url, TEST_API_KEY, EDGE_CONFIG, &[]);
+    let extra = match &args.edge_config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --edge-config {}", path.display()))?,
+        None => String::new(),
+    };
+    let mut edge = LspEdge::start(
+        &infer_url,
+        TEST_API_KEY,
+        &format!("{EDGE_CONFIG}{extra}"),
+        &[],
+    );
     started(&edge.service);
     let result = play_cerebrum(args, session, runtime, http, &infer_url, &edge);
     if let Err(err) = &result {
@@ -1011,6 +1025,7 @@ impl Report<'_> {
             "threads": self.threads,
             "max_tokens": self.args.max_tokens,
             "fim_order": self.args.fim_order,
+            "edge_config": self.args.edge_config.as_ref().map(|path| path.display().to_string()),
             "file": self.file.display().to_string(),
             "first_line": self.args.first_line,
             "lines": self.args.lines,
