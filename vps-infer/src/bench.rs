@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::engine::{self, Engine, EngineError, GenerateRequest, Outcome, PromptParts, Sampling};
+use crate::engine::{
+    self, Engine, EngineError, GenerateRequest, Outcome, Priority, PromptParts, Sampling,
+};
 use crate::guard::ResourceGuard;
 use crate::stats::Stats;
 
@@ -200,6 +202,7 @@ async fn complete(
 fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         model: model.to_string(),
+        priority: Priority::Interactive,
         parts: PromptParts {
             prompt: prompt.to_string(),
             suffix: suffix.map(str::to_string),
