@@ -404,6 +404,7 @@ impl<'m> Session<'m> {
                 }
             }
             self.admit(shared, model_name);
+            self.publish(shared);
             if self.slots.iter().all(|s| s.active.is_none()) {
                 if let Some(leave) = leaving.take() {
                     return leave;
@@ -725,7 +726,10 @@ impl<'m> Session<'m> {
             let waited = now.saturating_duration_since(active.job.submitted);
             Stats::add(&counters.first_token_us, waited.as_micros() as u64);
             Stats::add(&counters.first_tokens, 1);
+            // `/v1/stats` says "generating" before the client sees a token.
+            self.publish(shared);
         }
+        let active = self.slots[i].active.as_mut()?;
         if vocab.is_eog(token) {
             return Some(StopReason::Eos);
         }
@@ -807,6 +811,8 @@ impl<'m> Session<'m> {
             &shared.stats.requests_ok
         };
         Stats::add(counter, 1);
+        // `/v1/stats` shows the sequence free before the client sees the end.
+        self.publish(shared);
         let _ = active.job.events.blocking_send(Event::Done(outcome));
     }
 
@@ -852,7 +858,7 @@ impl<'m> Session<'m> {
                         };
                         if schedule::paused(&me, &running) {
                             "paused"
-                        } else if me.generating {
+                        } else if a.first_token_at.is_some() {
                             "generating"
                         } else {
                             "prompt"
