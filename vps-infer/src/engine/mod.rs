@@ -365,7 +365,7 @@ impl Engine {
         }
     }
 
-    /// Stops the engine thread and waits for it: the job in progress ends at its next
+    /// Stops the engine thread and waits for it: the jobs in progress end at their next
     /// token and the model is freed. The process must not exit while that thread is
     /// inside llama.cpp (tearing down under a running decode crashes), so shutdown
     /// calls this before returning from `main`. Blocks; call it off the runtime.
@@ -380,7 +380,7 @@ impl Engine {
         }
     }
 
-    /// Unloads the model now (after the job in progress, if any).
+    /// Unloads the model now (after the jobs running or waiting for it, if any).
     pub async fn unload(&self) -> Result<UnloadReport, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
