@@ -214,10 +214,11 @@ async fn concurrency(
         "{:<10} {:>16} {:>12}",
         "streams", "aggregate_tok/s", "vs 1 stream"
     );
-    let mut single = 0.0;
-    for streams in [1usize, 2] {
-        let mut speeds = Vec::new();
-        for run in 0..runs {
+    // 1 and 2 streams alternate, so that a load that comes and goes on a shared
+    // machine weighs on both alike.
+    let mut speeds = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        for streams in [1usize, 2] {
             let receivers = (0..streams)
                 .map(|s| {
                     let mut r = request(model, &counting(run * 2 + s + 10), None, 128);
@@ -227,29 +228,18 @@ async fn concurrency(
                 .collect::<Result<Vec<_>, _>>()?;
             let stamps =
                 futures::future::try_join_all(receivers.into_iter().map(token_times)).await?;
-            // Only the window in which every stream was generating counts.
-            let from = stamps.iter().filter_map(|s| s.first()).max().copied();
-            let to = stamps.iter().filter_map(|s| s.last()).min().copied();
-            if let (Some(from), Some(to)) = (from, to) {
-                let tokens: usize = stamps
-                    .iter()
-                    .map(|s| s.iter().filter(|t| **t > from && **t <= to).count())
-                    .sum();
-                let seconds = to.saturating_duration_since(from).as_secs_f64();
-                if seconds > 0.0 {
-                    speeds.push(tokens as f64 / seconds);
-                }
+            if let Some(speed) = aggregate_speed(&stamps) {
+                speeds[streams - 1].push(speed);
             }
         }
-        let speed = median(speeds.into_iter());
-        if streams == 1 {
-            single = speed;
-        }
+    }
+    let [one, two] = speeds.map(|s| median(s.into_iter()));
+    for (streams, speed) in [(1, one), (2, two)] {
         println!(
             "{:<10} {:>16.1} {:>11.2}x",
             streams,
             speed,
-            speed / single.max(1e-9)
+            speed / one.max(1e-9)
         );
     }
 
@@ -280,6 +270,18 @@ async fn concurrency(
         busy / idle.max(1e-9)
     );
     Ok(())
+}
+
+/// Tokens per second over the window in which every stream was generating.
+fn aggregate_speed(stamps: &[Vec<std::time::Instant>]) -> Option<f64> {
+    let from = stamps.iter().filter_map(|s| s.first()).max().copied()?;
+    let to = stamps.iter().filter_map(|s| s.last()).min().copied()?;
+    let tokens: usize = stamps
+        .iter()
+        .map(|s| s.iter().filter(|t| **t > from && **t <= to).count())
+        .sum();
+    let seconds = to.saturating_duration_since(from).as_secs_f64();
+    (seconds > 0.0).then(|| tokens as f64 / seconds)
 }
 
 /// When each token event of a generation arrived.
