@@ -285,6 +285,11 @@ impl Engine {
         &self.shared.models
     }
 
+    /// Sequences decoded together: requests served at once.
+    pub fn parallel(&self) -> usize {
+        self.shared.parallel
+    }
+
     /// Requests submitted and not yet given a sequence.
     pub fn queue_depth(&self) -> usize {
         self.shared.queued.load(Ordering::SeqCst)
