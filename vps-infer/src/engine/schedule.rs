@@ -194,6 +194,27 @@ mod tests {
     }
 
     #[test]
+    fn requests_without_a_priority_get_one_from_their_shape() {
+        use crate::engine::prompt::{ChatRequest, PromptParts};
+        let plain = PromptParts {
+            prompt: "def f():".into(),
+            ..PromptParts::default()
+        };
+        let fim = PromptParts {
+            suffix: Some("\n".into()),
+            ..plain.clone()
+        };
+        let chat = PromptParts {
+            chat: Some(ChatRequest::default()),
+            ..plain.clone()
+        };
+        assert_eq!(Priority::default_for(&plain, 128), Interactive);
+        assert_eq!(Priority::default_for(&fim, 1024), Interactive);
+        assert_eq!(Priority::default_for(&plain, 1024), Instruction);
+        assert_eq!(Priority::default_for(&chat, 16), Instruction);
+    }
+
+    #[test]
     fn a_prompt_is_cut_into_micro_batches_only_while_more_urgent_work_generates() {
         let refactor = running(Instruction, 0, true);
         // A completion arriving during a refactor takes the whole batch.
