@@ -495,11 +495,15 @@ async fn a_full_queue_is_refused_at_once() {
         .model(SMOL, model_path(SMOL))
         .env("CEREBRUM_QUEUE_SIZE", "1")
         .start();
-    // One long generation holds the engine...
-    let mut busy = send_inference(&server, json!({"prompt": "Count to a thousand:", "max_tokens": 1500, "temperature": 0.9, "stream": true})).await;
-    assert_eq!(busy.status(), 200);
-    busy.chunk().await.unwrap();
-    // ...one more waits for it...
+    // Two long generations hold both sequences...
+    let mut busy = Vec::new();
+    for i in 0..2 {
+        let mut response = send_inference(&server, json!({"prompt": format!("Count to a thousand ({i}):"), "max_tokens": 1500, "temperature": 0.9, "stream": true})).await;
+        assert_eq!(response.status(), 200);
+        response.chunk().await.unwrap();
+        busy.push(response);
+    }
+    // ...one more waits for a sequence...
     let url = server.url();
     let waiting = tokio::spawn(async move {
         client()

@@ -1,11 +1,16 @@
 //! `vps-infer bench`: what a keystroke costs. Runs the engine in-process (no HTTP) on
 //! a real source file cut to about 1,500 tokens: once cold, then after a one-character
 //! edit at the cursor, and prints prompt tok/s, generation tok/s and time to first token.
+//! `--concurrency` adds what serving several requests at once gives: aggregate tok/s
+//! for 1 and 2 streams (beside `llama-batched-bench`'s when given), and a completion's
+//! time to first token while a 256-token generation runs against an idle server.
 
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::engine::{self, Engine, EngineError, GenerateRequest, Outcome, PromptParts, Sampling};
+use crate::engine::{
+    self, Engine, EngineError, Event, GenerateRequest, Outcome, Priority, PromptParts, Sampling,
+};
 use crate::guard::ResourceGuard;
 use crate::stats::Stats;
 
@@ -25,6 +30,12 @@ pub struct BenchArgs {
     /// of the same prompt on a second engine. 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub fidelity: usize,
+    /// Also measure concurrent streams (`--parallel` must be at least 2).
+    #[arg(long)]
+    pub concurrency: bool,
+    /// llama.cpp's `llama-batched-bench`, run on the same model for comparison.
+    #[arg(long)]
+    pub batched_bench: Option<std::path::PathBuf>,
 }
 
 /// Real code to complete: this repository's model fetch script, repeated if need be.
@@ -109,6 +120,12 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     if args.fidelity > 0 {
         fidelity(&engine, &model, fim, args.fidelity, args.max_tokens).await?;
     }
+    if args.concurrency {
+        concurrency(&engine, &model, prefix, suffix, fim, args.runs).await?;
+        if let Some(bin) = &args.batched_bench {
+            batched_bench(bin, &config.models[&model])?;
+        }
+    }
     tokio::task::spawn_blocking(move || engine.stop()).await?;
     Ok(())
 }
@@ -176,6 +193,157 @@ async fn fidelity(
     Ok(())
 }
 
+/// Aggregate generation speed of 1 and 2 concurrent streams, and a completion's time to
+/// first token on an idle server against during a 256-token generation.
+async fn concurrency(
+    engine: &Engine,
+    model: &str,
+    prefix: &str,
+    suffix: &str,
+    fim: bool,
+    runs: usize,
+) -> anyhow::Result<()> {
+    // About 256 prompt tokens, and an answer that goes on (as llama-batched-bench's
+    // -npp 256 -ntg N).
+    let counting = |n: usize| {
+        let head: String = SOURCE.chars().skip(n * 97).take(700).collect();
+        format!("{head}\n# List every integer from 1 to 5000, one per line:\n1\n2\n")
+    };
+    println!("\nconcurrent streams (~256-token prompts, 128 tokens each, greedy)");
+    println!(
+        "{:<10} {:>16} {:>12}",
+        "streams", "aggregate_tok/s", "vs 1 stream"
+    );
+    // 1 and 2 streams alternate, so that a load that comes and goes on a shared
+    // machine weighs on both alike.
+    let mut speeds = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        for streams in [1usize, 2] {
+            let receivers = (0..streams)
+                .map(|s| {
+                    let mut r = request(model, &counting(run * 2 + s + 10), None, 128);
+                    r.priority = Priority::Instruction;
+                    engine.generate(r)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let stamps =
+                futures::future::try_join_all(receivers.into_iter().map(token_times)).await?;
+            if let Some(speed) = aggregate_speed(&stamps) {
+                speeds[streams - 1].push(speed);
+            }
+        }
+    }
+    let [one, two] = speeds.map(|s| median(s.into_iter()));
+    for (streams, speed) in [(1, one), (2, two)] {
+        println!(
+            "{:<10} {:>16.1} {:>11.2}x",
+            streams,
+            speed,
+            speed / one.max(1e-9)
+        );
+    }
+
+    let mut idle = Vec::new();
+    let mut busy = Vec::new();
+    for run in 0..runs {
+        let completion = |tag: &str| {
+            let prefix = format!("# ttft {tag} {run}\n{prefix}");
+            request(model, &prefix, fim.then_some(suffix), 16)
+        };
+        idle.push(first_token_after(engine, completion("idle")).await?);
+        let mut long = request(model, &counting(run + 50), None, 256);
+        long.priority = Priority::Instruction;
+        let mut long = engine.generate(long)?;
+        // Wait until the long one generates.
+        while let Some(event) = long.recv().await {
+            if matches!(event, Event::Token(_)) {
+                break;
+            }
+        }
+        busy.push(first_token_after(engine, completion("busy")).await?);
+        engine::collect(long).await?;
+    }
+    let (idle, busy) = (median(idle.into_iter()), median(busy.into_iter()));
+    println!(
+        "\ncompletion time to first token (queue included): idle {idle:.3}s, \
+         during a 256-token generation {busy:.3}s ({:.2}x)",
+        busy / idle.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Tokens per second over the window in which every stream was generating.
+fn aggregate_speed(stamps: &[Vec<std::time::Instant>]) -> Option<f64> {
+    let from = stamps.iter().filter_map(|s| s.first()).max().copied()?;
+    let to = stamps.iter().filter_map(|s| s.last()).min().copied()?;
+    let tokens: usize = stamps
+        .iter()
+        .map(|s| s.iter().filter(|t| **t > from && **t <= to).count())
+        .sum();
+    let seconds = to.saturating_duration_since(from).as_secs_f64();
+    (seconds > 0.0).then(|| tokens as f64 / seconds)
+}
+
+/// When each token event of a generation arrived.
+async fn token_times(
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
+) -> Result<Vec<std::time::Instant>, EngineError> {
+    let mut times = Vec::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token(_) => times.push(std::time::Instant::now()),
+            Event::Done(_) => return Ok(times),
+            Event::Error(e) => return Err(e),
+            Event::Started { .. } => {}
+        }
+    }
+    Ok(times)
+}
+
+/// Seconds from submitting `request` to its first token; the rest is read and dropped.
+async fn first_token_after(engine: &Engine, request: GenerateRequest) -> anyhow::Result<f64> {
+    let sent = std::time::Instant::now();
+    let mut rx = engine.generate(request)?;
+    let mut first = None;
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token(_) => {
+                first.get_or_insert_with(|| sent.elapsed().as_secs_f64());
+            }
+            Event::Done(_) => break,
+            Event::Error(e) => return Err(e.into()),
+            Event::Started { .. } => {}
+        }
+    }
+    Ok(first.unwrap_or_else(|| sent.elapsed().as_secs_f64()))
+}
+
+/// llama.cpp's own figures for the same model and threads: 256-token prompts, 128
+/// generated, 1 and 2 sequences.
+fn batched_bench(bin: &std::path::Path, model: &crate::config::ModelConfig) -> anyhow::Result<()> {
+    let output = std::process::Command::new(bin)
+        .arg("-m")
+        .arg(&model.path)
+        .args([
+            "-c", "2048", "-b", "512", "-ub", "512", "-npp", "256", "-ntg", "128", "-npl", "1,2",
+        ])
+        .args(["-t", &model.threads.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("\nllama-batched-bench (-npp 256 -ntg 128 -npl 1,2):");
+    for line in text.lines().filter(|l| l.starts_with('|')) {
+        println!("{line}");
+    }
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
 async fn complete(
     engine: &Engine,
     model: &str,
@@ -200,6 +368,7 @@ async fn complete(
 fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         model: model.to_string(),
+        priority: Priority::Interactive,
         parts: PromptParts {
             prompt: prompt.to_string(),
             suffix: suffix.map(str::to_string),

@@ -18,8 +18,11 @@ pub struct Config {
     pub default_model: String,
     pub idle_unload: Duration,
     pub guard: GuardConfig,
-    /// Requests that may wait for the engine; one more gets a 503.
+    /// Requests that may wait for a free sequence; one more gets a 503.
     pub queue_size: usize,
+    /// Sequences in the context: requests generated at once, each keeping its own
+    /// cached prompt.
+    pub parallel: usize,
     pub max_body_bytes: usize,
     /// HTTP connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
@@ -75,6 +78,7 @@ pub struct FileConfig {
     pub cache_reuse_max_drift: Option<u32>,
     pub idle_unload_secs: Option<u64>,
     pub queue_size: Option<usize>,
+    pub parallel: Option<usize>,
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub guard: FileGuard,
@@ -106,6 +110,7 @@ pub struct Overrides {
     pub threads: Option<u32>,
     pub ctx_size: Option<u32>,
     pub cache_reuse: Option<u32>,
+    pub parallel: Option<usize>,
     pub api_key_file: Option<PathBuf>,
 }
 
@@ -285,6 +290,18 @@ impl Config {
             file_cfg.queue_size,
         )?
         .unwrap_or(8);
+        // Two: an editor's completions beside a refactor or a second editor. More
+        // buys little on a small VPS (the batch shares the same cores).
+        let parallel = pick_parsed(
+            "parallel",
+            flags.parallel,
+            env("CEREBRUM_PARALLEL"),
+            file_cfg.parallel,
+        )?
+        .unwrap_or(2);
+        if !(1..=16).contains(&parallel) {
+            bail!("parallel: {parallel} is outside 1..=16");
+        }
         let max_cpu_percent = pick_parsed(
             "guard.max_cpu_percent",
             None,
@@ -325,6 +342,7 @@ impl Config {
                 min_free_memory_mb,
             },
             queue_size,
+            parallel,
             max_body_bytes: 64 * 1024,
             max_connections,
         })
@@ -427,6 +445,7 @@ mod tests {
             (&[("CEREBRUM_DEFAULT_MODEL", "nope")], "default_model"),
             (&[("CEREBRUM_LISTEN", "0.0.0.0:9000")], "api_key"),
             (&[("CEREBRUM_CTX_SIZE", "10")], "ctx_size"),
+            (&[("CEREBRUM_PARALLEL", "0")], "parallel"),
         ];
         for (pairs, field) in cases {
             let pairs: Vec<(String, String)> = pairs

@@ -42,6 +42,10 @@ struct Flags {
     /// prefix [default: 0, off].
     #[arg(long, global = true)]
     cache_reuse: Option<u32>,
+    /// Requests generated at once, each in its own sequence with its own cached
+    /// prompt [default: 2].
+    #[arg(long, global = true)]
+    parallel: Option<usize>,
     /// File holding the API key (the key may also come from CEREBRUM_API_KEY).
     #[arg(long, global = true)]
     api_key_file: Option<PathBuf>,
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             threads: flags.threads,
             ctx_size: flags.ctx_size,
             cache_reuse: flags.cache_reuse,
+            parallel: flags.parallel,
             api_key_file: flags.api_key_file,
         },
     )

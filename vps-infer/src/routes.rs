@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::prompt::{ChatRequest, FimOrder};
 use crate::engine::{
-    self, Engine, EngineError, Event, Extra, GenerateRequest, PromptParts, Sampling,
+    self, Engine, EngineError, Event, Extra, GenerateRequest, Priority, PromptParts, Sampling,
 };
 use crate::error::ApiError;
 use crate::guard::{Refusal, ResourceGuard};
@@ -213,6 +213,10 @@ pub struct InferenceBody {
     /// `psm` (default) or `spm`: where `suffix` goes in the prompt.
     #[serde(default)]
     pub fim_order: FimOrder,
+    /// `interactive`, `instruction` or `background`; by default a chat request or
+    /// one without a suffix asking for more than 256 tokens is an instruction, any
+    /// other interactive (`Priority::default_for`).
+    pub priority: Option<Priority>,
 }
 
 impl InferenceBody {
@@ -246,17 +250,21 @@ impl InferenceBody {
         if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
             return Err(ApiError::InvalidRequest("prompt: must not be empty".into()));
         }
+        let parts = PromptParts {
+            prompt: self.prompt,
+            suffix: self.suffix,
+            extra: self.extra,
+            chat: self.chat.then_some(ChatRequest {
+                system: self.system,
+            }),
+            fim_order: self.fim_order,
+        };
         let request = GenerateRequest {
             model: self.model.unwrap_or_else(|| default_model.to_string()),
-            parts: PromptParts {
-                prompt: self.prompt,
-                suffix: self.suffix,
-                extra: self.extra,
-                chat: self.chat.then_some(ChatRequest {
-                    system: self.system,
-                }),
-                fim_order: self.fim_order,
-            },
+            priority: self
+                .priority
+                .unwrap_or_else(|| Priority::default_for(&parts, max_tokens)),
+            parts,
             sampling: Sampling {
                 max_tokens,
                 temperature,

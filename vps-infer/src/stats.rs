@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::engine::Priority;
+
 #[derive(Default)]
 pub struct Stats {
     pub requests_ok: AtomicU64,
@@ -26,6 +28,39 @@ pub struct Stats {
     pub model_loads: AtomicU64,
     pub last_load_ms: AtomicU64,
     pub last_activity: Mutex<Option<Instant>>,
+    /// What each sequence of the loaded model's context holds and does; written by
+    /// the engine thread at each change, empty while no model is loaded.
+    pub sequences: Mutex<Vec<SequenceStats>>,
+    /// Indexed by [`Priority::index`].
+    pub by_priority: [PriorityCounters; 3],
+}
+
+/// One sequence of the context, as `/v1/stats` shows it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SequenceStats {
+    pub id: usize,
+    /// `idle`, `prompt` (evaluating a prompt), `generating` or `paused` (background
+    /// work waiting for more urgent work).
+    pub state: &'static str,
+    /// The priority of the job it serves, if any.
+    pub priority: Option<Priority>,
+    /// Tokens its KV cache holds.
+    pub cached_tokens: usize,
+    /// Jobs it finished since the model was loaded.
+    pub requests: u64,
+    pub tokens_generated: u64,
+}
+
+#[derive(Default)]
+pub struct PriorityCounters {
+    /// Jobs of this priority that got a sequence.
+    pub started: AtomicU64,
+    pub tokens_generated: AtomicU64,
+    /// Sum of the times from submission to the first token, in microseconds.
+    pub first_token_us: AtomicU64,
+    pub first_tokens: AtomicU64,
+    /// Jobs stopped so that a more urgent one got their sequence.
+    pub preempted: AtomicU64,
 }
 
 impl Stats {
@@ -81,8 +116,59 @@ impl Stats {
             model_loads: get(&self.model_loads),
             last_load_seconds: get(&self.last_load_ms) as f64 / 1000.0,
             idle_seconds: idle_since.elapsed().as_secs_f64(),
+            sequences: self.sequences.lock().map(|s| s.clone()).unwrap_or_default(),
+            priorities: Priority::ALL
+                .iter()
+                .map(|&p| {
+                    let c = &self.by_priority[p.index()];
+                    let first_tokens = get(&c.first_tokens);
+                    PriorityStats {
+                        priority: p,
+                        started: get(&c.started),
+                        tokens_generated: get(&c.tokens_generated),
+                        mean_time_to_first_token: if first_tokens == 0 {
+                            0.0
+                        } else {
+                            get(&c.first_token_us) as f64 / first_tokens as f64 / 1e6
+                        },
+                        preempted: get(&c.preempted),
+                    }
+                })
+                .collect(),
         }
     }
+
+    /// Changes the figures of sequence `id` (known from `set_sequences`).
+    pub fn update_sequence(&self, id: usize, f: impl FnOnce(&mut SequenceStats)) {
+        if let Ok(mut sequences) = self.sequences.lock() {
+            if let Some(s) = sequences.get_mut(id) {
+                f(s);
+            }
+        }
+    }
+
+    /// `n` idle sequences (a model was loaded), or none (it was unloaded).
+    pub fn set_sequences(&self, n: usize) {
+        if let Ok(mut sequences) = self.sequences.lock() {
+            *sequences = (0..n)
+                .map(|id| SequenceStats {
+                    id,
+                    state: "idle",
+                    ..SequenceStats::default()
+                })
+                .collect();
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PriorityStats {
+    pub priority: Priority,
+    pub started: u64,
+    pub tokens_generated: u64,
+    /// Seconds from submission (queueing included) to the first token, on average.
+    pub mean_time_to_first_token: f64,
+    pub preempted: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +185,8 @@ pub struct StatsSnapshot {
     pub model_loads: u64,
     pub last_load_seconds: f64,
     pub idle_seconds: f64,
+    pub sequences: Vec<SequenceStats>,
+    pub priorities: Vec<PriorityStats>,
 }
 
 #[derive(Debug, Serialize)]

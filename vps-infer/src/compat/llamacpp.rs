@@ -429,7 +429,7 @@ pub(crate) async fn props(State(app): State<AppState>) -> Result<Response, ApiEr
                 "n_probs": 0,
             },
         },
-        "total_slots": 1,
+        "total_slots": app.engine.parallel(),
         "model_alias": model,
         "model_path": config.map(|c| c.path.display().to_string()),
         "chat_template": info.chat_template.unwrap_or_default(),

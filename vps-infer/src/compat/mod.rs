@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Event, GenerateRequest, PromptParts, Sampling, StopReason};
+use crate::engine::{Event, GenerateRequest, Priority, PromptParts, Sampling, StopReason};
 use crate::error::ApiError;
 use crate::routes::{start_generation, AppState, Started};
 use crate::stats::Stats;
@@ -131,6 +131,7 @@ impl Translate {
         }
         Ok(GenerateRequest {
             model: self.model,
+            priority: Priority::default_for(&parts, max_tokens),
             parts,
             sampling: Sampling {
                 max_tokens,

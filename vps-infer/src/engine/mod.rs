@@ -3,12 +3,14 @@
 //!
 //! Handlers never block on a decode: they submit a [`Job`] and read its [`Event`]s from
 //! a tokio channel. Dropping that receiver (a client went away) cancels the job within
-//! one token.
+//! one token. The thread serves several jobs at once, one per sequence of the context,
+//! most urgent [`Priority`] first (`worker.rs`, `schedule.rs`).
 
 mod error;
 pub mod gguf;
 pub mod prompt;
 pub mod reuse;
+pub mod schedule;
 pub mod text;
 pub mod tokenize;
 mod worker;
@@ -47,6 +49,64 @@ pub struct GenerateRequest {
     pub model: String,
     pub parts: PromptParts,
     pub sampling: Sampling,
+    pub priority: Priority,
+}
+
+/// How urgent a request is. A more urgent one takes a free sequence first, and its
+/// tokens are decoded first; background work is not decoded at all while anything
+/// more urgent runs, and gives its sequence up to it when none is free.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Cache warming, speculative completions: worth doing only when nothing else is.
+    Background,
+    /// Instructions and refactors: someone waits, but for a long answer.
+    Instruction,
+    /// Ghost text while typing: someone waits for every keystroke.
+    Interactive,
+}
+
+/// A completion asks for a few tokens; an instruction (a refactor) for many, or talks
+/// to the model's chat template.
+const INTERACTIVE_MAX_TOKENS: u32 = 256;
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [
+        Priority::Interactive,
+        Priority::Instruction,
+        Priority::Background,
+    ];
+
+    /// The priority of a request that names none: a chat request, or one without a
+    /// suffix that asks for more than 256 tokens, is an instruction; anything else (a
+    /// fill-in-the-middle or short completion) is interactive.
+    pub fn default_for(parts: &PromptParts, max_tokens: u32) -> Priority {
+        let long_without_suffix = parts.suffix.is_none() && max_tokens > INTERACTIVE_MAX_TOKENS;
+        if parts.chat.is_some() || long_without_suffix {
+            Priority::Instruction
+        } else {
+            Priority::Interactive
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Instruction => "instruction",
+            Priority::Background => "background",
+        }
+    }
+
+    /// Position in [`Priority::ALL`] (and in the statistics' arrays).
+    pub fn index(self) -> usize {
+        match self {
+            Priority::Interactive => 0,
+            Priority::Instruction => 1,
+            Priority::Background => 2,
+        }
+    }
 }
 
 /// What a job reports, in order: `Started`, any number of `Token`s, then `Done` or
@@ -99,6 +159,9 @@ pub struct Outcome {
 pub(crate) struct Job {
     request: GenerateRequest,
     events: mpsc::Sender<Event>,
+    /// When it was submitted: the time to first token counted in the statistics
+    /// includes the wait for a sequence.
+    submitted: Instant,
 }
 
 pub(crate) enum Command {
@@ -132,9 +195,11 @@ pub(crate) struct Shared {
     pub guard: Arc<ResourceGuard>,
     pub models: BTreeMap<String, ModelConfig>,
     pub idle_unload: Duration,
-    /// Jobs submitted and not yet taken by the engine thread.
+    /// Sequences decoded together: jobs served at once.
+    pub parallel: usize,
+    /// Jobs submitted and not yet given a sequence.
     pub queued: AtomicUsize,
-    /// Set on shutdown: the job in progress stops at its next token, a model load
+    /// Set on shutdown: the jobs in progress stop at their next token, a model load
     /// at its next progress report.
     pub stopping: AtomicBool,
     /// Models whose file failed [`gguf::check`], with the reason; checked again
@@ -174,6 +239,7 @@ impl Engine {
             guard,
             models: config.models.clone(),
             idle_unload: config.idle_unload,
+            parallel: config.parallel,
             queued: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             bad_files: Mutex::new(BTreeMap::new()),
@@ -219,7 +285,12 @@ impl Engine {
         &self.shared.models
     }
 
-    /// Requests submitted and not yet taken by the engine thread.
+    /// Sequences decoded together: requests served at once.
+    pub fn parallel(&self) -> usize {
+        self.shared.parallel
+    }
+
+    /// Requests submitted and not yet given a sequence.
     pub fn queue_depth(&self) -> usize {
         self.shared.queued.load(Ordering::SeqCst)
     }
@@ -256,7 +327,11 @@ impl Engine {
         self.shared.stats.touch();
         if self
             .tx
-            .send(Command::Generate(Job { request, events }))
+            .send(Command::Generate(Job {
+                request,
+                events,
+                submitted: Instant::now(),
+            }))
             .is_err()
         {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -295,7 +370,7 @@ impl Engine {
         }
     }
 
-    /// Stops the engine thread and waits for it: the job in progress ends at its next
+    /// Stops the engine thread and waits for it: the jobs in progress end at their next
     /// token and the model is freed. The process must not exit while that thread is
     /// inside llama.cpp (tearing down under a running decode crashes), so shutdown
     /// calls this before returning from `main`. Blocks; call it off the runtime.
@@ -310,7 +385,7 @@ impl Engine {
         }
     }
 
-    /// Unloads the model now (after the job in progress, if any).
+    /// Unloads the model now (after the jobs running or waiting for it, if any).
     pub async fn unload(&self) -> Result<UnloadReport, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
