@@ -198,6 +198,13 @@ pub struct CompletionConfig {
     pub budget_ms: u64,
     /// Streamed partial results are sent at line ends, or at most this often.
     pub partial_interval_ms: u64,
+    /// Spaces and tabs at the end of a completion prompt (the indentation after an
+    /// Enter) are left out of the prompt and taken off the start of the answer. A
+    /// tokenizer joins indentation to the word after it, so a prompt that ends in
+    /// whitespace ends on a token boundary the model rarely saw in training, and it
+    /// answers with extra indentation or the wrong line (measured in
+    /// docs/benchmarks.md, "Completion quality").
+    pub heal_trailing_whitespace: bool,
 }
 
 impl Default for CompletionConfig {
@@ -211,6 +218,7 @@ impl Default for CompletionConfig {
             max_lines: 12,
             budget_ms: 2_000,
             partial_interval_ms: 50,
+            heal_trailing_whitespace: true,
         }
     }
 }
