@@ -252,7 +252,10 @@ fn backend_faults_are_clear_errors_and_three_open_the_breaker() {
 #[test]
 fn a_model_without_fim_tokens_gets_plain_prompts_after_one_refusal() {
     let backend = FakeBackend::start(Behaviour::NoFim);
-    let edge = LspEdge::start(&backend.url(), "key", "", &[]);
+    // The prompts are compared as the client's text: keep its trailing indentation
+    // in them (lsp-edge leaves it out by default, see `heal_trailing_whitespace`).
+    let config = "[completion]\nheal_trailing_whitespace = false\n";
+    let edge = LspEdge::start(&backend.url(), "key", config, &[]);
     let mut client = edge.client();
     client.initialize(json!({}), json!({}));
     client.did_open(URI, "python", 1, TEXT);

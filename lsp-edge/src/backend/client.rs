@@ -251,6 +251,7 @@ impl BackendClient {
             permit: Some(permit),
             got_token: false,
             finished: false,
+            lead: String::new(),
         })
     }
 
@@ -388,6 +389,9 @@ pub struct TokenStream {
     permit: Option<BreakerPermit>,
     got_token: bool,
     finished: bool,
+    /// Whitespace the prompt left out at its end, still to be taken off the start
+    /// of the answer ([`TokenStream::expect_leading`]).
+    lead: String,
 }
 
 impl std::fmt::Debug for TokenStream {
@@ -418,8 +422,30 @@ struct ErrorBodyWithCode {
 }
 
 impl TokenStream {
+    /// The prompt was sent without `lead` (spaces and tabs) at its end: take as much
+    /// of it as the answer repeats off the answer's start, so that the text still
+    /// fits the cursor. An answer that starts otherwise is passed on as it is.
+    pub fn expect_leading(&mut self, lead: String) {
+        self.lead = lead;
+    }
+
     /// The next token, or the final statistics; `None` after the end.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, BackendError>> {
+        loop {
+            match self.next_event().await? {
+                Ok(StreamEvent::Token(token)) if !self.lead.is_empty() => {
+                    let token = take_lead(&mut self.lead, token);
+                    // A token of indentation alone says nothing yet.
+                    if !token.is_empty() {
+                        return Some(Ok(StreamEvent::Token(token)));
+                    }
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Result<StreamEvent, BackendError>> {
         if self.finished {
             return None;
         }
@@ -489,6 +515,23 @@ impl TokenStream {
             }
         }
     }
+}
+
+/// Takes as much of `lead` off the start of `token` as the token repeats; once the
+/// answer leaves `lead`, nothing more is taken.
+fn take_lead(lead: &mut String, token: String) -> String {
+    let common = token
+        .bytes()
+        .zip(lead.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if common == token.len() {
+        lead.drain(..common);
+        return String::new();
+    }
+    lead.clear();
+    // `common` counts ASCII whitespace bytes, so it ends on a character boundary.
+    token[common..].to_owned()
 }
 
 fn parse_event(data: &str) -> Result<Option<StreamEvent>, BackendError> {
@@ -571,6 +614,45 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The tokens a stream passes on after the prompt left `lead` out, joined by `|`.
+    fn healed(lead: &str, tokens: &[&str]) -> String {
+        let mut lead = lead.to_owned();
+        tokens
+            .iter()
+            .map(|token| take_lead(&mut lead, (*token).to_owned()))
+            .filter(|token| !token.is_empty())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    #[test]
+    fn the_left_out_indentation_comes_off_the_answer() {
+        let cases = [
+            ("    ", &["    ", "return", " x"][..]),
+            ("    ", &["   ", " return", " x"]),
+            ("    ", &["  ", "  x", "  "]),
+            ("\t", &["\treturn", "\t"]),
+            // The model dedents: what it repeats comes off, the rest stays.
+            ("        ", &["    ", "else", ":"]),
+            // The model starts a new line: the answer is passed on as it is.
+            ("    ", &["\n", "    x"]),
+            (" ", &["x", " "]),
+        ];
+        let out: Vec<String> = cases
+            .iter()
+            .map(|(lead, tokens)| format!("{lead:?} {tokens:?} -> {:?}", healed(lead, tokens)))
+            .collect();
+        expect_test::expect![[r#"
+            "    " ["    ", "return", " x"] -> "return| x"
+            "    " ["   ", " return", " x"] -> "return| x"
+            "    " ["  ", "  x", "  "] -> "x|  "
+            "\t" ["\treturn", "\t"] -> "return|\t"
+            "        " ["    ", "else", ":"] -> "else|:"
+            "    " ["\n", "    x"] -> "\n|    x"
+            " " ["x", " "] -> "x| ""#]]
+        .assert_eq(&out.join("\n"));
+    }
 
     /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer run.
     fn cases(default: u32) -> u32 {

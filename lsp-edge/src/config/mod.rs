@@ -200,6 +200,13 @@ pub struct CompletionConfig {
     pub partial_interval_ms: u64,
     /// Where the suffix goes in a fill-in-the-middle prompt (`psm` or `spm`).
     pub fim_order: FimOrder,
+    /// Spaces and tabs at the end of a completion prompt (the indentation after an
+    /// Enter) are left out of the prompt and taken off the start of the answer. A
+    /// tokenizer joins indentation to the word after it, so a prompt that ends in
+    /// whitespace ends on a token boundary the model rarely saw in training, and it
+    /// answers with extra indentation or the wrong line (measured in
+    /// docs/benchmarks.md, "Completion quality").
+    pub heal_trailing_whitespace: bool,
 }
 
 /// The order of a fill-in-the-middle prompt's parts, as vps-infer lays them out.
@@ -232,6 +239,7 @@ impl Default for CompletionConfig {
             budget_ms: 2_000,
             partial_interval_ms: 50,
             fim_order: FimOrder::Psm,
+            heal_trailing_whitespace: true,
         }
     }
 }

@@ -170,16 +170,39 @@ pub struct Opened {
 /// when vps-infer says the model has no FIM tokens.
 pub async fn open(backend: &Backend, input: &GenerationInput) -> Result<Opened, BackendError> {
     let fim = wants_fim(&backend.fim, input);
-    match backend.client.stream(&request_for(input, fim)).await {
+    let send = |fim: bool| {
+        let mut request = request_for(input, fim);
+        let lead = heal_trailing_whitespace(input, &mut request);
+        async move {
+            let mut stream = backend.client.stream(&request).await?;
+            stream.expect_leading(lead);
+            Ok::<_, BackendError>(stream)
+        }
+    };
+    match send(fim).await {
         Ok(stream) => Ok(Opened { stream, fim }),
         Err(err) if fim && err.is_fim_unsupported() => {
             tracing::info!(model = ?input.model, "model has no FIM tokens; using plain completions");
             backend.fim.remember_no_fim(input.model.as_deref());
-            let stream = backend.client.stream(&request_for(input, false)).await?;
+            let stream = send(false).await?;
             Ok(Opened { stream, fim: false })
         }
         Err(err) => Err(err),
     }
+}
+
+/// Cuts the spaces and tabs that end a completion prompt (see
+/// [`CompletionConfig::heal_trailing_whitespace`]) and returns them: the answer's
+/// start is expected to repeat them, and the stream takes them off again, so callers
+/// see the text that follows the cursor as before.
+fn heal_trailing_whitespace(input: &GenerationInput, request: &mut InferenceRequest) -> String {
+    if !input.settings.heal_trailing_whitespace
+        || matches!(input.prompt, Prompt::Instruction { .. })
+    {
+        return String::new();
+    }
+    let kept = request.prompt.trim_end_matches([' ', '\t']).len();
+    request.prompt.split_off(kept)
 }
 
 /// Runs one generation. `deadline` bounds the whole call: when it passes, the
@@ -356,6 +379,34 @@ mod tests {
         assert_eq!(plain.fim_order, FimOrder::Psm);
         let json = serde_json::to_value(&plain).unwrap();
         assert!(json.get("fim_order").is_none(), "{json}");
+    }
+
+    #[test]
+    fn trailing_indentation_is_left_out_of_completion_prompts() {
+        let fim = |prefix: &str| {
+            input(Prompt::Fim {
+                prefix: prefix.into(),
+                suffix: "\n".into(),
+                extra: Vec::new(),
+            })
+        };
+        let cut = |input: &GenerationInput, as_fim: bool| {
+            let mut request = request_for(input, as_fim);
+            let lead = heal_trailing_whitespace(input, &mut request);
+            (request.prompt, lead)
+        };
+        let indented = fim("def f():\n    ");
+        assert_eq!(cut(&indented, true), ("def f():\n".into(), "    ".into()));
+        assert_eq!(cut(&indented, false), ("def f():\n".into(), "    ".into()));
+        assert_eq!(cut(&fim("x = \t"), true), ("x =".into(), " \t".into()));
+        assert_eq!(cut(&fim("x = f("), true), ("x = f(".into(), String::new()));
+        let mut off = fim("def f():\n    ");
+        off.settings.heal_trailing_whitespace = false;
+        assert_eq!(cut(&off, true), ("def f():\n    ".into(), String::new()));
+        let instruction = input(Prompt::Instruction {
+            prompt: "# INSTRUCTION: x\n```python\n    ".into(),
+        });
+        assert_eq!(cut(&instruction, true).1, "");
     }
 
     #[test]
