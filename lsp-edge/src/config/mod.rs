@@ -200,8 +200,9 @@ pub struct CompletionConfig {
     pub partial_interval_ms: u64,
     /// Where the suffix goes in a fill-in-the-middle prompt (`psm` or `spm`).
     pub fim_order: FimOrder,
-    /// Spaces and tabs at the end of a completion prompt (the indentation after an
-    /// Enter) are left out of the prompt and taken off the start of the answer. A
+    /// Spaces and tabs at the end of a fill-in-the-middle prompt (the indentation
+    /// after an Enter) are left out of the prompt and taken off the start of the
+    /// answer. A
     /// tokenizer joins indentation to the word after it, so a prompt that ends in
     /// whitespace ends on a token boundary the model rarely saw in training, and it
     /// answers with extra indentation or the wrong line (measured in

@@ -195,10 +195,13 @@ pub async fn open(backend: &Backend, input: &GenerationInput) -> Result<Opened, 
 /// [`CompletionConfig::heal_trailing_whitespace`]) and returns them: the answer's
 /// start is expected to repeat them, and the stream takes them off again, so callers
 /// see the text that follows the cursor as before.
+///
+/// Only fill-in-the-middle requests are healed, where it was measured to help: the
+/// suffix shows the model that the block goes on. A plain continuation that ends at a
+/// line break reads as a finished block to small models (SmolLM2 closed the function
+/// and answered nothing).
 fn heal_trailing_whitespace(input: &GenerationInput, request: &mut InferenceRequest) -> String {
-    if !input.settings.heal_trailing_whitespace
-        || matches!(input.prompt, Prompt::Instruction { .. })
-    {
+    if !input.settings.heal_trailing_whitespace || request.suffix.is_none() {
         return String::new();
     }
     let kept = request.prompt.trim_end_matches([' ', '\t']).len();
@@ -397,7 +400,10 @@ mod tests {
         };
         let indented = fim("def f():\n    ");
         assert_eq!(cut(&indented, true), ("def f():\n".into(), "    ".into()));
-        assert_eq!(cut(&indented, false), ("def f():\n".into(), "    ".into()));
+        assert_eq!(
+            cut(&indented, false),
+            ("def f():\n    ".into(), String::new())
+        );
         assert_eq!(cut(&fim("x = \t"), true), ("x =".into(), " \t".into()));
         assert_eq!(cut(&fim("x = f("), true), ("x = f(".into(), String::new()));
         let mut off = fim("def f():\n    ");
