@@ -124,8 +124,9 @@ fn a_keystroke_and_an_enter_in_a_long_file_evaluate_only_what_changed() {
     );
 
     // A keystroke within the line: the edited token and the final marker; the
-    // suffix behind the cursor is shifted, not evaluated again.
-    let typed = format!("{before} ");
+    // suffix behind the cursor is shifted, not evaluated again. (Not a space: trailing
+    // spaces are left out of the prompt, see `heal_trailing_whitespace`.)
+    let typed = format!("{before} #");
     let (answer, keystroke) = cost(&infer, || complete(&edge, &typed, after));
     assert_eq!(keystroke.requests, 1, "{answer}");
     assert!(keystroke.evaluated <= 8, "{keystroke:?}");
