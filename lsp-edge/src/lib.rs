@@ -17,3 +17,16 @@ pub mod edge;
 pub mod http;
 pub mod lsp;
 pub mod pipeline;
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+mod test_support {
+    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer
+    /// run.
+    pub fn proptest_cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(default)
+    }
+}

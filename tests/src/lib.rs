@@ -9,7 +9,7 @@ pub mod lsp_client;
 pub mod typing;
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -408,4 +408,32 @@ pub fn sse_events(body: &str) -> Vec<serde_json::Value> {
                 .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data}"))
         })
         .collect()
+}
+
+/// One HTTP/1.1 request read off `stream` by a fake backend: its request line and its
+/// body (by `content-length`). `None` when the peer closed or sent less than it said.
+pub fn read_http_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+            return None;
+        }
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((request_line, body))
 }

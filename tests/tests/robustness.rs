@@ -3,7 +3,7 @@
 //! over real sockets; a scripted vps-infer only where a fault must be injected (a
 //! stream that stalls after its first token, an answer at a chosen moment).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
@@ -151,31 +151,10 @@ impl FakeBackend {
     }
 
     fn serve(&self, mut stream: TcpStream) {
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some((line, _body)) = cerebrum_tests::read_http_request(&stream) else {
             return;
-        }
+        };
         let is_health = line.starts_with("GET /health");
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            if header.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
         if is_health {
             let json = json!({"status": "ok", "model_loaded": null}).to_string();
             let _ = write!(
@@ -367,15 +346,7 @@ fn lsp_disconnect_cancels_every_request_of_the_session() {
         "textDocument/inlineCompletion",
         inline_params("file:///project/other.py", 1, 4, Some("p1")),
     );
-    let actions = client.request(
-        "textDocument/codeAction",
-        json!({
-            "textDocument": {"uri": PY_URI},
-            "range": {"start": {"line": 3, "character": 5}, "end": {"line": 3, "character": 5}},
-            "context": {"diagnostics": []},
-        }),
-    );
-    let action = actions.result()[0].clone();
+    let action = first_code_action(&mut client);
     client.send_request("codeAction/resolve", action);
     assert!(
         backend.wait(|seen| seen.requests >= 2),
@@ -769,15 +740,7 @@ fn code_action_resolve_does_not_wait_for_work_done_progress_create() {
     let mut client = cerebrum_tests::lsp_client::LspClient::tcp_silent(edge.addr());
     client.initialize(json!({}), json!({"window": {"workDoneProgress": true}}));
     client.did_open(PY_URI, "python", 1, PY_TEXT);
-    let actions = client.request(
-        "textDocument/codeAction",
-        json!({
-            "textDocument": {"uri": PY_URI},
-            "range": {"start": {"line": 3, "character": 5}, "end": {"line": 3, "character": 5}},
-            "context": {"diagnostics": []},
-        }),
-    );
-    let action = actions.result()[0].clone();
+    let action = first_code_action(&mut client);
     assert_eq!(action["title"], "Refactor to async");
     let resolved = client.request("codeAction/resolve", action);
     let edit = &resolved.result()["edit"]["documentChanges"][0]["edits"][0]["newText"];
@@ -795,4 +758,17 @@ fn code_action_resolve_does_not_wait_for_work_done_progress_create() {
             .any(|m| m["method"] == "window/workDoneProgress/create"),
         "lsp-edge did not ask to create a progress token"
     );
+}
+
+/// The first code action offered inside the function of `PY_TEXT` ("Refactor to async").
+fn first_code_action(client: &mut cerebrum_tests::lsp_client::LspClient) -> Value {
+    let actions = client.request(
+        "textDocument/codeAction",
+        json!({
+            "textDocument": {"uri": PY_URI},
+            "range": {"start": {"line": 3, "character": 5}, "end": {"line": 3, "character": 5}},
+            "context": {"diagnostics": []},
+        }),
+    );
+    actions.result()[0].clone()
 }

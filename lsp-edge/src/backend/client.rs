@@ -654,17 +654,9 @@ mod tests {
         .assert_eq(&out.join("\n"));
     }
 
-    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer run.
-    fn cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|cases| cases.parse().ok())
-            .unwrap_or(default)
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: cases(256),
+            cases: crate::test_support::proptest_cases(256),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]

@@ -598,14 +598,6 @@ mod properties {
 
     use super::*;
 
-    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for more.
-    fn cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|cases| cases.parse().ok())
-            .unwrap_or(default)
-    }
-
     /// Bodies near the real ones: JSON fragments, random bytes, or a valid body
     /// with a few bytes overwritten.
     fn body() -> impl Strategy<Value = Vec<u8>> {
@@ -626,7 +618,7 @@ mod properties {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: cases(128),
+            cases: crate::test_support::proptest_cases(128),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]

@@ -46,10 +46,8 @@ struct DocumentState {
     pending: Vec<Edit>,
     /// Bumped when `parsed`/`pending` restart, so a stale parse is not stored back.
     epoch: u64,
-    /// Range edits applied to `rope` in this epoch.
-    revision: u64,
-    /// The revision `parsed` reflects: `pending` holds the edits from it to
-    /// `revision`. Parses finish out of order; one older than this is dropped.
+    /// How many range edits of this epoch `parsed` reflects; `pending` holds the
+    /// ones after it. Parses finish out of order; one older than this is dropped.
     parsed_revision: u64,
 }
 
@@ -59,8 +57,12 @@ impl DocumentState {
         self.parsed = None;
         self.pending.clear();
         self.epoch += 1;
-        self.revision = 0;
         self.parsed_revision = 0;
+    }
+
+    /// Range edits applied to the rope in this epoch.
+    fn revision(&self) -> u64 {
+        self.parsed_revision + self.pending.len() as u64
     }
 }
 
@@ -145,7 +147,6 @@ impl DocumentStore {
                 parsed: None,
                 pending: Vec::new(),
                 epoch,
-                revision: 0,
                 parsed_revision: 0,
             },
         );
@@ -186,7 +187,6 @@ impl DocumentStore {
                         range: start_byte..end_byte,
                         text: change.text,
                     });
-                    state.revision += 1;
                 }
                 None => {
                     state.rope = Rope::from_str(&change.text);
@@ -221,7 +221,7 @@ impl DocumentStore {
             parsed: state.parsed.clone(),
             pending: state.pending.clone(),
             epoch: state.epoch,
-            revision: state.revision,
+            revision: state.revision(),
         })
     }
 

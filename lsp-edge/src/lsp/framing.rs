@@ -444,14 +444,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer run.
-    fn cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|cases| cases.parse().ok())
-            .unwrap_or(default)
-    }
-
     const LIMITS: FrameLimits = FrameLimits {
         max_header_bytes: 256,
         max_message_bytes: 1024,
@@ -597,7 +589,7 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: cases(256),
+            cases: crate::test_support::proptest_cases(256),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]
