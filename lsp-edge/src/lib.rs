@@ -21,12 +21,19 @@ pub mod pipeline;
 /// What the unit tests of several modules share.
 #[cfg(test)]
 mod test_support {
-    /// The cases per property: a bounded default for CI, `PROPTEST_CASES` for a longer
-    /// run.
-    pub fn proptest_cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES")
+    use proptest::test_runner::Config;
+
+    /// A property's configuration: `default` cases for CI, `PROPTEST_CASES` for a
+    /// longer run, and no failure files written into the source tree.
+    pub fn proptest_config(default: u32) -> Config {
+        let cases = std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|cases| cases.parse().ok())
-            .unwrap_or(default)
+            .unwrap_or(default);
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
     }
 }

@@ -437,3 +437,15 @@ pub fn read_http_request(stream: &TcpStream) -> Option<(String, Vec<u8>)> {
     reader.read_exact(&mut body).ok()?;
     Some((request_line, body))
 }
+
+/// Serves every connection `listener` accepts on a thread of its own with `serve`, for
+/// as long as the process lives (fake backends).
+pub fn serve_connections(listener: TcpListener, serve: impl Fn(TcpStream) + Send + Sync + 'static) {
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+}

@@ -119,12 +119,7 @@ impl FakeBackend {
             seen: Arc::default(),
         };
         let server = backend.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let server = server.clone();
-                std::thread::spawn(move || server.serve(stream));
-            }
-        });
+        cerebrum_tests::serve_connections(listener, move |stream| server.serve(stream));
         backend
     }
 

@@ -655,11 +655,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: crate::test_support::proptest_cases(256),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::test_support::proptest_config(256))]
 
         /// Events split at any byte (inside a UTF-8 character, between `\r` and
         /// `\n`) come out whole and in order.

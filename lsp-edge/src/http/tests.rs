@@ -617,11 +617,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: crate::test_support::proptest_cases(128),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::test_support::proptest_config(128))]
 
         /// Whatever the body, every endpoint answers with the envelope and a status
         /// below 500 (the backend is unreachable, so a body that passes validation
