@@ -1,15 +1,15 @@
-//! The state every session (and, later, the HTTP endpoint) shares: the validated
-//! configuration, the context engine, the vps-infer client with its breaker, what is
-//! known about models without FIM tokens, and the generation limiter.
+//! The state every session and the HTTP endpoint share: the validated
+//! configuration, the context engine, the backends with their breakers and routing,
+//! and the generation limiter.
 
 use std::sync::Arc;
 
 use cerebrum_context::{ContextEngine, ContextError};
 
-use crate::backend::breaker::{CircuitBreaker, Clock, SystemClock};
+use crate::backend::breaker::{Clock, SystemClock};
 use crate::backend::limiter::GenerationLimiter;
-use crate::backend::{Backend, BackendClient, BackendError, FimMemory};
-use crate::config::{BackendConfig, Config};
+use crate::backend::{BackendError, Backends};
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -23,7 +23,7 @@ pub enum EdgeError {
 pub struct Edge {
     pub config: Config,
     pub engine: Arc<ContextEngine>,
-    pub backend: Backend,
+    pub backends: Backends,
     pub limiter: GenerationLimiter,
     clock: Arc<dyn Clock>,
 }
@@ -33,18 +33,13 @@ impl Edge {
         Edge::with_clock(config, Arc::new(SystemClock))
     }
 
-    /// As [`Edge::new`], with the breaker's clock given (tests).
+    /// As [`Edge::new`], with the breakers' clock given (tests).
     pub fn with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Edge>, EdgeError> {
         let engine = Arc::new(ContextEngine::new(config.context.clone())?);
-        let limiter = GenerationLimiter::new(config.limits.max_in_flight);
+        let limiter = GenerationLimiter::new(config.max_in_flight());
+        let backends = Backends::new(&config.backend_list(), &config.breaker, &clock)?;
         let mut edge = Edge {
-            backend: Backend {
-                client: BackendClient::new(
-                    &config.backend,
-                    CircuitBreaker::new(config.breaker.clone(), clock.clone()),
-                )?,
-                fim: FimMemory::default(),
-            },
+            backends,
             config,
             engine,
             limiter,
@@ -54,25 +49,13 @@ impl Edge {
         Ok(Arc::new(edge))
     }
 
-    /// The backend for a session's settings: the shared one, or (when the session
-    /// chose another vps-infer) a client of its own with its own breaker.
-    pub fn backend_for(&self, config: &BackendConfig) -> Result<Backend, BackendError> {
-        let shared = &self.config.backend;
-        let same = config.url == shared.url
-            && config.api_key == shared.api_key
-            && config.connect_timeout_ms == shared.connect_timeout_ms
-            && config.first_token_timeout_ms == shared.first_token_timeout_ms
-            && config.total_timeout_ms == shared.total_timeout_ms
-            && config.load_probe_after_ms == shared.load_probe_after_ms;
-        if same {
-            return Ok(self.backend.clone());
+    /// The backends for a session's settings: the shared ones, or (when the
+    /// session chose another backend) a client of its own with its own breaker.
+    pub fn backends_for(&self, config: &Config) -> Result<Backends, BackendError> {
+        let list = config.backend_list();
+        if list == self.config.backend_list() {
+            return Ok(self.backends.clone());
         }
-        Ok(Backend {
-            client: BackendClient::new(
-                config,
-                CircuitBreaker::new(self.config.breaker.clone(), self.clock.clone()),
-            )?,
-            fim: FimMemory::default(),
-        })
+        Backends::new(&list, &self.config.breaker, &self.clock)
     }
 }

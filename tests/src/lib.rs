@@ -320,30 +320,62 @@ impl VpsInfer {
         TEST_API_KEY
     }
 
-    /// `GET /v1/stats`, from synchronous tests too (it runs its own small runtime on a
-    /// separate thread, so it is safe inside or outside another runtime).
+    /// `GET /v1/stats`, from synchronous tests too.
     pub fn stats(&self) -> serde_json::Value {
-        let url = format!("{}/v1/stats", self.url());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                reqwest::Client::new()
-                    .get(url)
-                    .header("X-API-Key", TEST_API_KEY)
-                    .send()
-                    .await
-                    .expect("GET /v1/stats")
-                    .json()
-                    .await
-                    .expect("stats JSON")
-            })
-        })
-        .join()
-        .expect("stats thread")
+        blocking_json("GET", &format!("{}/v1/stats", self.url()), None).1
     }
+}
+
+/// An HTTP request from synchronous tests too (it runs its own small runtime on a
+/// separate thread, so it is safe inside or outside another runtime), with the test
+/// API key. Returns the status and the body, or why there was no answer.
+pub fn blocking_http(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, String), String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|err| err.to_string())?;
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| err.to_string())?;
+        runtime.block_on(async {
+            let mut request = reqwest::Client::new()
+                .request(method, &url)
+                .header("X-API-Key", TEST_API_KEY);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|err| format!("{url}: {err}"))?;
+            let status = response.status().as_u16();
+            let text = response
+                .text()
+                .await
+                .map_err(|err| format!("{url}: {err}"))?;
+            Ok((status, text))
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the HTTP thread panicked".into()))
+}
+
+/// [`blocking_http`] with a JSON answer (`null` when the body is not JSON); panics
+/// when there is no answer.
+pub fn blocking_json(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let (status, text) = blocking_http(method, url, body).unwrap_or_else(|err| panic!("{err}"));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Reads a streaming SSE response until its first `token` event has arrived.

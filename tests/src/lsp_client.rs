@@ -19,6 +19,14 @@ use crate::{binary, free_port, Service, TempDir};
 /// shared with compilers; this guards against hangs and is no timing assertion.
 pub const WAIT: Duration = Duration::from_secs(240);
 
+/// lsp-edge's config for tests that run a model: generous backend timeouts, for a
+/// CPU shared with compilers (they guard against hangs; nothing is timed).
+pub const PATIENT_CONFIG: &str = r#"
+[backend]
+first_token_timeout_ms = 240000
+total_timeout_ms = 240000
+"#;
+
 /// Messages received so far, and whether the connection ended.
 #[derive(Default)]
 struct Inbox {
@@ -417,6 +425,16 @@ impl LspEdge {
     /// Starts `lsp-edge serve` against `backend`, with `config` as its TOML file and
     /// `envs` added to its environment.
     pub fn start(backend: &str, api_key: &str, config: &str, envs: &[(&str, &str)]) -> LspEdge {
+        LspEdge::start_many(&[backend], api_key, config, envs)
+    }
+
+    /// As [`LspEdge::start`], with one `--backend` per entry (`URL` or `KIND=URL`).
+    pub fn start_many(
+        backends: &[&str],
+        api_key: &str,
+        config: &str,
+        envs: &[(&str, &str)],
+    ) -> LspEdge {
         let dir = TempDir::new("lsp-edge-config");
         let config_path = dir.path().join("lsp-edge.toml");
         std::fs::write(&config_path, config).expect("write lsp-edge config");
@@ -428,8 +446,6 @@ impl LspEdge {
             .arg(&config_path)
             .arg("--listen")
             .arg(addr.to_string())
-            .arg("--backend")
-            .arg(backend)
             // Its HTTP endpoint for scripts on a port of its own, so that several
             // servers can run side by side.
             .arg("--http")
@@ -437,6 +453,9 @@ impl LspEdge {
             .env("CEREBRUM_API_KEY", api_key)
             .env_remove("CEREBRUM_LSP_TOKEN")
             .env("RUST_LOG", "info,lsp_edge=debug");
+        for backend in backends {
+            cmd.arg("--backend").arg(backend);
+        }
         for (key, value) in envs {
             cmd.env(key, value);
         }

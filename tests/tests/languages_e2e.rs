@@ -6,17 +6,11 @@
 //! SmolLM2 has no fill-in-the-middle tokens: lsp-edge falls back to plain completions,
 //! as in `lsp_e2e.rs`.
 
-use cerebrum_tests::lsp_client::{inline_params, inline_text, LspClient, LspEdge};
+use cerebrum_tests::lsp_client::{
+    inline_params, inline_text, LspClient, LspEdge, PATIENT_CONFIG as CONFIG,
+};
 use cerebrum_tests::VpsInfer;
 use serde_json::{json, Value};
-
-/// Generous timeouts: the CPU is shared with compilers (they guard against hangs;
-/// nothing is timed).
-const CONFIG: &str = r#"
-[backend]
-first_token_timeout_ms = 240000
-total_timeout_ms = 240000
-"#;
 
 const TS_URI: &str = "file:///work/project/src/cart.ts";
 const TS_TEXT: &str = "export interface Item {\n  name: string;\n  price: number;\n}\n\nexport function total(items: Item[]): number {\n  return items.reduce((sum, item) => sum + item.price, 0);\n}\n\nexport function cheapest(items: Item[]): Item | undefined {\n  \n}\n";

@@ -9,17 +9,11 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use cerebrum_tests::lsp_client::{inline_params, inline_text, LspClient, LspEdge, WAIT};
+use cerebrum_tests::lsp_client::{
+    inline_params, inline_text, LspClient, LspEdge, PATIENT_CONFIG as CONFIG, WAIT,
+};
 use cerebrum_tests::{binary, free_port, model_path, Service, VpsInfer, TEST_API_KEY};
 use serde_json::{json, Value};
-
-/// lsp-edge's config for these tests: a CPU shared with compilers gets generous
-/// timeouts (they guard against hangs, nothing is timed).
-const CONFIG: &str = r#"
-[backend]
-first_token_timeout_ms = 240000
-total_timeout_ms = 240000
-"#;
 
 /// Deterministic answers, and a `textDocument/completion` budget that never cuts
 /// an answer short on a busy machine.

@@ -1,11 +1,13 @@
-//! The vps-infer client: one pooled, kept-alive HTTP client, streamed inference
-//! through the circuit breaker, and `/health`. It knows nothing of LSP.
+//! The client for one backend: one pooled, kept-alive HTTP client, streamed
+//! generation through the circuit breaker, and the health probe. It knows nothing of
+//! LSP; what each kind of backend expects on the wire is [`super::wire`]'s.
 //!
-//! Dropping a [`TokenStream`] drops the HTTP response, which makes vps-infer stop
+//! Dropping a [`TokenStream`] drops the HTTP response, which makes the backend stop
 //! decoding within one token: that is how cancellation reaches the model.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +16,9 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::wire::{self, ErrorEnvelope, EventParser, Framing};
 use crate::backend::breaker::{BreakerOpen, BreakerPermit, CircuitBreaker};
-use crate::config::{BackendConfig, FimOrder, Secret};
+use crate::config::{BackendConfig, BackendKind, FimOrder, Secret};
 
 /// One context chunk placed before the prompt (`{"label", "text"}` on the wire).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,29 +85,37 @@ pub struct Health {
 pub enum BackendError {
     #[error(transparent)]
     BreakerOpen(#[from] BreakerOpen),
-    #[error("cannot reach vps-infer at {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("vps-infer sent no token within {}s", .0.as_secs_f32())]
+    #[error("cannot reach {kind} at {url}: {message}")]
+    Connect {
+        kind: BackendKind,
+        url: String,
+        message: String,
+    },
+    #[error("the backend sent no token within {}s", .0.as_secs_f32())]
     FirstTokenTimeout(Duration),
-    #[error("vps-infer did not finish within {}s", .0.as_secs_f32())]
+    #[error("the backend did not finish within {}s", .0.as_secs_f32())]
     TotalTimeout(Duration),
-    #[error("vps-infer refused the request ({status} {kind}): {message}")]
+    #[error("the backend refused the request ({status}{}): {message}", spaced(.kind))]
     Api {
         status: u16,
         kind: String,
         message: String,
         retry_after: Option<Duration>,
     },
-    #[error("vps-infer's stream broke off: {0}")]
+    #[error("the backend's stream broke off: {0}")]
     Stream(String),
-    #[error("vps-infer sent something unexpected: {0}")]
+    #[error("the backend sent something unexpected: {0}")]
     Protocol(String),
 }
 
 impl BackendError {
-    /// Whether this says vps-infer is unwell (and so counts for the breaker):
-    /// connection errors, timeouts, 5xx. A 4xx is a healthy service saying no.
+    /// Whether this says the backend is unwell (and so counts for the breaker):
+    /// connection errors, timeouts, 5xx. A 4xx is a healthy service saying no, and
+    /// so is llama-server's 501 for a model without FIM tokens.
     pub fn counts_as_failure(&self) -> bool {
+        if self.is_fim_unsupported() {
+            return false;
+        }
         match self {
             BackendError::Connect { .. }
             | BackendError::FirstTokenTimeout(_)
@@ -115,25 +126,46 @@ impl BackendError {
         }
     }
 
-    /// Whether vps-infer refused a fill-in-the-middle request because the model has
-    /// no FIM tokens (a 400 `invalid_request_error` that says so).
+    /// Whether the backend refused a fill-in-the-middle request because the model
+    /// has no FIM tokens: vps-infer's 400 `invalid_request_error`, or llama-server's
+    /// 501 `not_supported_error` ("Infill is not supported by this model").
     pub fn is_fim_unsupported(&self) -> bool {
         match self {
             BackendError::Api {
-                status: 400,
+                status: 400 | 501,
                 kind,
                 message,
                 ..
-            } if kind == "invalid_request_error" => {
+            } if kind == "invalid_request_error" || kind == "not_supported_error" => {
                 let message = message.to_ascii_lowercase();
-                message.contains("fim") || message.contains("fill-in")
+                message.contains("fim") || message.contains("fill-in") || message.contains("infill")
             }
             _ => false,
         }
     }
+
+    /// Whether another backend may well succeed where this one failed: the backend
+    /// is unwell, its breaker is open, or it is too busy. A request it judged bad
+    /// would be bad anywhere.
+    pub fn worth_another_backend(&self) -> bool {
+        self.counts_as_failure()
+            || matches!(
+                self,
+                BackendError::BreakerOpen(_) | BackendError::Api { status: 429, .. }
+            )
+    }
 }
 
-/// The client for one vps-infer, with its own breaker.
+/// ` kind`, or nothing for an error without a type.
+fn spaced(kind: &str) -> String {
+    if kind.is_empty() {
+        String::new()
+    } else {
+        format!(" {kind}")
+    }
+}
+
+/// The client for one backend, with its own breaker.
 #[derive(Debug, Clone)]
 pub struct BackendClient {
     http: reqwest::Client,
@@ -143,20 +175,10 @@ pub struct BackendClient {
     display_url: String,
     api_key: Option<Secret>,
     config: BackendConfig,
+    /// `config`'s display name.
+    name: String,
     breaker: Arc<CircuitBreaker>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorBody,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
+    usage: Arc<Usage>,
 }
 
 impl BackendClient {
@@ -175,8 +197,10 @@ impl BackendClient {
             base_url: config.url.trim_end_matches('/').to_owned(),
             display_url: redact_url(config.url.trim_end_matches('/')),
             api_key: config.api_key.clone(),
+            name: config.display_name(),
             config: config.clone(),
             breaker,
+            usage: Arc::default(),
         })
     }
 
@@ -193,37 +217,62 @@ impl BackendClient {
         &self.breaker
     }
 
+    /// The name logs and stats show (`backends[].name`, or `KIND@HOST:PORT`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.config.kind
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
     pub fn config(&self) -> &BackendConfig {
         &self.config
     }
 
     /// Starts a streamed generation. The breaker refuses at once while open.
     pub async fn stream(&self, request: &InferenceRequest) -> Result<TokenStream, BackendError> {
-        let permit = self.breaker.admit()?;
+        let mut attempt = Attempt::new(self.breaker.admit()?, &self.usage);
         let started = Instant::now();
         let first_deadline = started + self.config.first_token_timeout();
         let total_deadline = started + self.config.total_timeout();
 
-        let mut body = request.clone();
-        body.stream = true;
+        let mut request = request.clone();
+        request.stream = true;
+        let wire = match wire::build(&self.config, &request) {
+            Ok(wire) => wire,
+            Err(err) => {
+                attempt.settle(&err);
+                return Err(err);
+            }
+        };
+        let accept = match wire.framing {
+            Framing::Sse => "text/event-stream",
+            Framing::JsonLines => "application/x-ndjson",
+        };
         let mut builder = self
             .http
-            .post(format!("{}/v1/inference", self.base_url))
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .json(&body);
+            .post(format!("{}{}", self.base_url, wire.path))
+            .header(reqwest::header::ACCEPT, accept)
+            .json(&wire.body);
         if let Some(key) = &self.api_key {
-            builder = builder.header("X-API-Key", key.expose());
+            let (name, value) = wire::auth_header(self.config.kind, key.expose());
+            builder = builder.header(name, value);
         }
 
         let response = match tokio::time::timeout_at(first_deadline, builder.send()).await {
             Err(_) => {
                 let err = BackendError::FirstTokenTimeout(self.config.first_token_timeout());
-                permit.failed(err.to_string());
+                attempt.settle(&err);
                 return Err(err);
             }
             Ok(Err(err)) => {
                 let err = self.transport_error(&err);
-                permit.failed(err.to_string());
+                attempt.settle(&err);
                 return Err(err);
             }
             Ok(Ok(response)) => response,
@@ -232,39 +281,60 @@ impl BackendClient {
         let status = response.status();
         if !status.is_success() {
             let err = api_error(response, first_deadline).await;
-            if err.counts_as_failure() {
-                permit.failed(err.to_string());
-            } else {
-                permit.succeeded();
-            }
+            attempt.settle(&err);
             return Err(err);
         }
 
         Ok(TokenStream {
             body: Box::pin(response.bytes_stream()),
-            sse: SseDecoder::default(),
+            sse: SseDecoder::new(wire.framing),
+            parser: EventParser::new(self.config.kind),
             pending: VecDeque::new(),
+            ready: VecDeque::new(),
             first_deadline,
             total_deadline,
             first_token_timeout: self.config.first_token_timeout(),
             total_timeout: self.config.total_timeout(),
-            permit: Some(permit),
+            attempt,
             got_token: false,
             finished: false,
             lead: String::new(),
         })
     }
 
-    /// `GET /health`, outside the breaker (it is how a loading model is noticed).
+    /// The health probe, outside the breaker (it is how a loading model is
+    /// noticed): vps-infer's `/health`; for other kinds, whether the server answers
+    /// (`status` "ok", or "loading" for llama-server's 503 while it loads).
     pub async fn health(&self) -> Result<Health, BackendError> {
-        let request = self
+        let mut request = self
             .http
-            .get(format!("{}/health", self.base_url))
+            .get(format!(
+                "{}{}",
+                self.base_url,
+                wire::health_path(&self.config)
+            ))
             .timeout(self.config.connect_timeout() + Duration::from_secs(2));
+        if let Some(key) = &self.api_key {
+            let (name, value) = wire::auth_header(self.config.kind, key.expose());
+            request = request.header(name, value);
+        }
         let response = request
             .send()
             .await
             .map_err(|err| self.transport_error(&err))?;
+        let kind = self.config.kind;
+        if kind == BackendKind::LlamaServer && response.status().as_u16() == 503 {
+            return Ok(Health {
+                status: "loading".into(),
+                model_loaded: None,
+            });
+        }
+        if kind != BackendKind::VpsInfer && response.status().is_success() {
+            return Ok(Health {
+                status: "ok".into(),
+                model_loaded: self.config.model.clone(),
+            });
+        }
         if !response.status().is_success() {
             return Err(BackendError::Api {
                 status: response.status().as_u16(),
@@ -296,6 +366,7 @@ impl BackendClient {
             }
         }
         BackendError::Connect {
+            kind: self.config.kind,
             url: self.display_url.clone(),
             message,
         }
@@ -364,7 +435,10 @@ async fn api_error(response: reqwest::Response, deadline: Instant) -> BackendErr
         _ => String::new(),
     };
     let (kind, message) = match serde_json::from_str::<ErrorEnvelope>(&text) {
-        Ok(envelope) => (envelope.error.kind, envelope.error.message),
+        Ok(envelope) => {
+            let (_, kind, message) = envelope.error.into_parts();
+            (kind, message)
+        }
         Err(_) => (String::new(), text.chars().take(200).collect()),
     };
     BackendError::Api {
@@ -375,18 +449,91 @@ async fn api_error(response: reqwest::Response, deadline: Instant) -> BackendErr
     }
 }
 
+/// What one backend has done, for routing and `/v1/stats`.
+#[derive(Debug, Default)]
+pub struct Usage {
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Usage {
+    /// Generations running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Generations sent.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Generations that failed in a way that counts against the backend.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// One generation's hold on its backend: the breaker's permit, settled once with
+/// the outcome, and a place in the backend's in-flight count while it lives.
+#[derive(Debug)]
+struct Attempt {
+    permit: Option<BreakerPermit>,
+    usage: Arc<Usage>,
+}
+
+impl Attempt {
+    fn new(permit: BreakerPermit, usage: &Arc<Usage>) -> Attempt {
+        usage.in_flight.fetch_add(1, Ordering::Relaxed);
+        usage.started.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            permit: Some(permit),
+            usage: usage.clone(),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.succeeded();
+        }
+    }
+
+    /// Ends with `err`: a failure for the breaker when it says the backend is
+    /// unwell, else the backend did its job.
+    fn settle(&mut self, err: &BackendError) {
+        if !err.counts_as_failure() {
+            return self.succeeded();
+        }
+        if let Some(permit) = self.permit.take() {
+            self.usage.failed.fetch_add(1, Ordering::Relaxed);
+            permit.failed(err.to_string());
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        // A permit dropped unsettled (a cancelled request) counts as neither.
+        self.usage.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// A streamed generation in progress. Dropping it cancels the generation.
 pub struct TokenStream {
     body: ByteStream,
     sse: SseDecoder,
+    parser: EventParser,
+    /// Events' data not yet parsed.
     pending: VecDeque<String>,
+    /// Parsed events not yet passed on (an event may hold a token and the end).
+    ready: VecDeque<StreamEvent>,
     first_deadline: Instant,
     total_deadline: Instant,
     first_token_timeout: Duration,
     total_timeout: Duration,
-    permit: Option<BreakerPermit>,
+    attempt: Attempt,
     got_token: bool,
     finished: bool,
     /// Whitespace the prompt left out at its end, still to be taken off the start
@@ -401,24 +548,6 @@ impl std::fmt::Debug for TokenStream {
             .field("finished", &self.finished)
             .finish()
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct WireEvent {
-    token: Option<String>,
-    #[serde(default)]
-    done: bool,
-    error: Option<ErrorBodyWithCode>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBodyWithCode {
-    #[serde(default)]
-    code: u16,
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
 }
 
 impl TokenStream {
@@ -454,19 +583,11 @@ impl TokenStream {
             Ok(StreamEvent::Token(_)) => self.got_token = true,
             Ok(StreamEvent::Done(_)) => {
                 self.finished = true;
-                if let Some(permit) = self.permit.take() {
-                    permit.succeeded();
-                }
+                self.attempt.succeeded();
             }
             Err(err) => {
                 self.finished = true;
-                if let Some(permit) = self.permit.take() {
-                    if err.counts_as_failure() {
-                        permit.failed(err.to_string());
-                    } else {
-                        permit.succeeded();
-                    }
-                }
+                self.attempt.settle(err);
             }
         }
         Some(result)
@@ -474,8 +595,12 @@ impl TokenStream {
 
     async fn next_inner(&mut self) -> Result<StreamEvent, BackendError> {
         loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(event);
+            }
             while let Some(data) = self.pending.pop_front() {
-                if let Some(event) = parse_event(&data)? {
+                self.ready.extend(self.parser.parse(&data)?);
+                if let Some(event) = self.ready.pop_front() {
                     return Ok(event);
                 }
             }
@@ -534,44 +659,28 @@ fn take_lead(lead: &mut String, token: String) -> String {
     token[common..].to_owned()
 }
 
-fn parse_event(data: &str) -> Result<Option<StreamEvent>, BackendError> {
-    let event: WireEvent = serde_json::from_str(data).map_err(|err| {
-        // The event is the backend's text: quote only its start.
-        let start: String = data.chars().take(200).collect();
-        BackendError::Protocol(format!("bad event {start:?}: {err}"))
-    })?;
-    if let Some(error) = event.error {
-        return Err(BackendError::Api {
-            status: if error.code == 0 { 500 } else { error.code },
-            kind: error.kind,
-            message: error.message,
-            retry_after: None,
-        });
-    }
-    if event.done {
-        let stats: GenerationStats = serde_json::from_str(data)
-            .map_err(|err| BackendError::Protocol(format!("bad final event: {err}")))?;
-        return Ok(Some(StreamEvent::Done(stats)));
-    }
-    Ok(event.token.map(StreamEvent::Token))
-}
-
 impl Drop for TokenStream {
     fn drop(&mut self) {
         // Dropped by its reader (cancelled, or trimmed to an end): a stream that has
         // produced tokens shows a healthy backend; one that has not shows nothing.
-        if let Some(permit) = self.permit.take() {
-            if self.got_token {
-                permit.succeeded();
-            }
+        if self.got_token {
+            self.attempt.succeeded();
         }
     }
 }
 
-/// Splits a server-sent-events byte stream into the `data` of each event.
-#[derive(Debug, Default)]
+/// Splits a response body into its events' data: server-sent events' `data`, or
+/// the lines of a JSON-lines stream.
+#[derive(Debug)]
 pub struct SseDecoder {
+    framing: Framing,
     buffer: Vec<u8>,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder::new(Framing::Sse)
+    }
 }
 
 /// An event (one token, or the final statistics) is far smaller: a stream that
@@ -579,6 +688,13 @@ pub struct SseDecoder {
 const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
 
 impl SseDecoder {
+    pub fn new(framing: Framing) -> SseDecoder {
+        SseDecoder {
+            framing,
+            buffer: Vec::new(),
+        }
+    }
+
     /// Bytes held for an event not yet ended.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
@@ -588,6 +704,16 @@ impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
         self.buffer.extend(bytes.iter().filter(|&&b| b != b'\r'));
         let mut events = Vec::new();
+        if self.framing == Framing::JsonLines {
+            while let Some(end) = find(&self.buffer, b"\n") {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..end]);
+                if !line.trim().is_empty() {
+                    events.push(line.into_owned());
+                }
+            }
+            return events;
+        }
         while let Some(end) = find(&self.buffer, b"\n\n") {
             let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
             let block = String::from_utf8_lossy(&block[..end]);
@@ -614,6 +740,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// vps-infer's event `data`, parsed.
+    fn parse_event(data: &str) -> Result<Option<StreamEvent>, BackendError> {
+        let events = EventParser::new(BackendKind::VpsInfer).parse(data)?;
+        Ok(events.into_iter().next())
+    }
 
     /// The tokens a stream passes on after the prompt left `lead` out, joined by `|`.
     fn healed(lead: &str, tokens: &[&str]) -> String {
@@ -774,6 +906,15 @@ mod tests {
         };
         assert!(err.is_fim_unsupported());
         assert!(!err.counts_as_failure());
+        let llama_server = BackendError::Api {
+            status: 501,
+            kind: "not_supported_error".into(),
+            message: "Infill is not supported by this model: prefix token is missing. ".into(),
+            retry_after: None,
+        };
+        assert!(llama_server.is_fim_unsupported());
+        assert!(!llama_server.counts_as_failure());
+        assert!(!llama_server.worth_another_backend());
         let other = BackendError::Api {
             status: 400,
             kind: "invalid_request_error".into(),

@@ -38,9 +38,10 @@ pub struct CompleteArgs {
     /// TOML configuration file (the same as `serve`'s).
     #[arg(long, env = "CEREBRUM_LSP_CONFIG")]
     pub config: Option<PathBuf>,
-    /// vps-infer's base URL (default http://127.0.0.1:9000).
-    #[arg(long)]
-    pub backend: Option<String>,
+    /// A backend, `URL` (a vps-infer; default http://127.0.0.1:9000) or `KIND=URL`
+    /// (see `lsp-edge serve --help`); may be repeated.
+    #[arg(long = "backend", value_name = "[KIND=]URL")]
+    pub backends: Vec<String>,
     /// Print the final statistics (chunking, timings) to stderr as JSON.
     #[arg(long)]
     pub stats: bool,
@@ -59,7 +60,7 @@ fn read_input(file: Option<&PathBuf>) -> anyhow::Result<String> {
 pub async fn run(args: CompleteArgs) -> anyhow::Result<()> {
     let received = Instant::now();
     let overrides = Overrides {
-        backend_url: args.backend.clone(),
+        backends: args.backends.clone(),
         ..Overrides::default()
     };
     let config = Config::load(

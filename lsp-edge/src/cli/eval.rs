@@ -455,15 +455,17 @@ fn parse_baseline(spec: &str) -> anyhow::Result<(usize, usize)> {
 
 fn load_config(file: Option<&Path>, backend: Option<&String>) -> anyhow::Result<Config> {
     let overrides = Overrides {
-        backend_url: backend.cloned(),
+        backends: backend.into_iter().cloned().collect(),
         ..Overrides::default()
     };
     let mut config = Config::load(file, |name| std::env::var(name).ok(), &overrides)
         .context("invalid configuration")?;
     // A cold prompt on a busy 2-core machine can take longer than an editor would
     // wait; an evaluation waits.
-    config.backend.first_token_timeout_ms = config.backend.first_token_timeout_ms.max(300_000);
-    config.backend.total_timeout_ms = config.backend.total_timeout_ms.max(600_000);
+    for backend in std::iter::once(&mut config.backend).chain(&mut config.backends) {
+        backend.first_token_timeout_ms = backend.first_token_timeout_ms.max(300_000);
+        backend.total_timeout_ms = backend.total_timeout_ms.max(600_000);
+    }
     config.breaker.failure_threshold = config.breaker.failure_threshold.max(1_000);
     Ok(config)
 }
@@ -529,8 +531,9 @@ async fn run_window(
             stop: vec!["\n".into()],
             ..CompletionConfig::default()
         },
+        document: None,
     };
-    let Opened { mut stream, .. } = pipeline::open(&edge.backend, &input).await?;
+    let Opened { mut stream, .. } = pipeline::open(&edge.backends, &input).await?;
     let mut raw = String::new();
     while let Some(event) = stream.next().await {
         match event? {
@@ -708,6 +711,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--variant {spec:?}: expected NAME=FILE"))?;
         let mut variant_config = load_config(Some(Path::new(file)), args.backend.as_ref())?;
         variant_config.backend = config.backend.clone();
+        variant_config.backends = config.backends.clone();
         let edge = Edge::new(variant_config).with_context(|| format!("variant {name}"))?;
         variants.push(Variant {
             name: name.to_owned(),

@@ -53,9 +53,11 @@ pub struct ServeArgs {
     /// Serve one editor over stdin/stdout instead of TCP.
     #[arg(long, conflicts_with = "listen")]
     pub stdio: bool,
-    /// vps-infer's base URL (default http://127.0.0.1:9000).
-    #[arg(long)]
-    pub backend: Option<String>,
+    /// A backend: `URL` (a vps-infer; default http://127.0.0.1:9000) or `KIND=URL`
+    /// with KIND one of vps-infer, llama-server, openai, ollama. Repeat it for
+    /// several; they replace the configuration file's.
+    #[arg(long = "backend", value_name = "[KIND=]URL")]
+    pub backends: Vec<String>,
     /// Address of the HTTP endpoint for scripts (default 127.0.0.1:7000).
     #[arg(long)]
     pub http: Option<SocketAddr>,
@@ -71,7 +73,7 @@ pub struct ConnectArgs {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: args.listen,
-        backend_url: args.backend,
+        backends: args.backends,
     };
     let mut config = Config::load(
         args.config.as_deref(),
@@ -92,7 +94,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("invalid configuration")?;
     }
     let listen = config.listen;
-    let backend_url = crate::backend::redact_url(&config.backend.url);
+    let backend_url = config
+        .backend_list()
+        .iter()
+        .map(|backend| {
+            format!(
+                "{}={}",
+                backend.kind,
+                crate::backend::redact_url(&backend.url)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let edge = Edge::new(config).context("cannot start lsp-edge")?;
 
     if args.stdio {

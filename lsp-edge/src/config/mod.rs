@@ -69,7 +69,11 @@ pub struct Config {
     /// LSP messages handled at once per session; keep it well above the number of
     /// concurrent completions, or `$/cancelRequest` queues behind them.
     pub session_concurrency: usize,
+    /// The backend, or (with `backends`) the defaults `--backend` entries start from
+    /// and the key entries without one use.
     pub backend: BackendConfig,
+    /// Several backends (`[[backends]]`), used instead of `backend` when given.
+    pub backends: Vec<BackendConfig>,
     pub breaker: BreakerConfig,
     pub limits: LimitsConfig,
     pub completion: CompletionConfig,
@@ -87,6 +91,7 @@ impl Default for Config {
             token: None,
             session_concurrency: 64,
             backend: BackendConfig::default(),
+            backends: Vec::new(),
             breaker: BreakerConfig::default(),
             limits: LimitsConfig::default(),
             completion: CompletionConfig::default(),
@@ -97,13 +102,28 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
-    /// vps-infer's base URL.
+    /// What the backend is, and so which API lsp-edge speaks to it.
+    pub kind: BackendKind,
+    /// The name logs, `/health` and `/v1/stats` show; default `KIND@HOST:PORT`.
+    pub name: Option<String>,
+    /// The backend's base URL.
     pub url: String,
-    /// vps-infer's key, sent as `X-API-Key`.
+    /// The backend's key: `X-API-Key` for vps-infer, `Authorization: Bearer` for
+    /// the others.
     pub api_key: Option<Secret>,
+    /// The model to ask for. Required for `openai` and `ollama`, whose servers
+    /// name their models themselves; it replaces the `[models]` choice there.
+    pub model: Option<String>,
+    /// An `openai` backend's fill-in-the-middle tokens, when its model's name does
+    /// not tell them (see [`FimTokens::for_model`]).
+    pub fim_tokens: Option<FimTokens>,
+    /// This backend's share of new documents, against the others' weights.
+    pub weight: u32,
+    /// Generations this backend runs at once; routing goes elsewhere past it.
+    pub max_in_flight: usize,
     pub connect_timeout_ms: u64,
     /// From sending the request to the first token (includes a model load and the
     /// prompt evaluation, so it is generous).
@@ -118,14 +138,79 @@ pub struct BackendConfig {
 impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
+            kind: BackendKind::VpsInfer,
+            name: None,
             url: "http://127.0.0.1:9000".into(),
             api_key: None,
+            model: None,
+            fim_tokens: None,
+            weight: 1,
+            max_in_flight: 2,
             connect_timeout_ms: 2_000,
             first_token_timeout_ms: 30_000,
             total_timeout_ms: 60_000,
             load_probe_after_ms: 300,
         }
     }
+}
+
+/// The inference engines lsp-edge speaks to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Cerebrum's own service: `/v1/inference`.
+    #[default]
+    VpsInfer,
+    /// llama.cpp's server: `/infill` and `/completion`.
+    LlamaServer,
+    /// Any OpenAI-compatible `/v1/completions` (vLLM, TGI, llama.cpp, Ollama):
+    /// lsp-edge writes the FIM prompt with the model's tokens.
+    Openai,
+    /// Ollama's `/api/generate`, with `suffix` for fill-in-the-middle.
+    Ollama,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::VpsInfer,
+        BackendKind::LlamaServer,
+        BackendKind::Openai,
+        BackendKind::Ollama,
+    ];
+
+    /// The name used in configuration and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::VpsInfer => "vps-infer",
+            BackendKind::LlamaServer => "llama-server",
+            BackendKind::Openai => "openai",
+            BackendKind::Ollama => "ollama",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<BackendKind> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A model's fill-in-the-middle tokens, as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FimTokens {
+    pub prefix: String,
+    pub suffix: String,
+    pub middle: String,
+    /// Separates files in the repository-level format, for models trained on it.
+    #[serde(default)]
+    pub file_sep: Option<String>,
 }
 
 impl BackendConfig {
@@ -164,7 +249,8 @@ impl Default for BreakerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Generations in flight across all sessions; one more is refused at once.
-    pub max_in_flight: usize,
+    /// Default: the sum of the backends' `max_in_flight`.
+    pub max_in_flight: Option<usize>,
     /// Largest LSP message an editor may send (a `didOpen` carries the whole file,
     /// JSON-escaped); a larger one is answered with an error and the session closed.
     pub max_message_bytes: usize,
@@ -175,7 +261,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_in_flight: 2,
+            max_in_flight: None,
             // A 10 MB source file, with room for escaping.
             max_message_bytes: 32 * 1024 * 1024,
             max_header_bytes: 8 * 1024,
@@ -310,7 +396,8 @@ impl ModelsConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
-    pub backend_url: Option<String>,
+    /// `--backend`, each `URL` (a vps-infer) or `KIND=URL`; replaces the file's.
+    pub backends: Vec<String>,
 }
 
 impl Config {
@@ -329,11 +416,72 @@ impl Config {
         if let Some(listen) = cli.listen {
             config.listen = listen;
         }
-        if let Some(url) = &cli.backend_url {
-            config.backend.url = url.clone();
-        }
+        config.set_backends("--backend", &cli.backends)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The backends lsp-edge sends generations to: `backends`, or `backend` alone.
+    /// An entry without a key gets `backend`'s (`CEREBRUM_API_KEY`).
+    pub fn backend_list(&self) -> Vec<BackendConfig> {
+        if self.backends.is_empty() {
+            return vec![self.backend.clone()];
+        }
+        let mut list = self.backends.clone();
+        for backend in &mut list {
+            if backend.api_key.is_none() {
+                backend.api_key = self.backend.api_key.clone();
+            }
+        }
+        list
+    }
+
+    /// Generations in flight across all sessions before one more is shed.
+    pub fn max_in_flight(&self) -> usize {
+        self.limits.max_in_flight.unwrap_or_else(|| {
+            self.backend_list()
+                .iter()
+                .map(|backend| backend.max_in_flight)
+                .sum()
+        })
+    }
+
+    /// Replaces the backends with `specs` (`URL` or `KIND=URL`, from `source`),
+    /// each starting from `backend`'s settings. One plain URL sets `backend.url`,
+    /// as it always has.
+    fn set_backends(&mut self, source: &str, specs: &[String]) -> Result<(), ConfigError> {
+        if let [url] = specs {
+            if !is_kind_spec(url) {
+                self.backend.url = url.clone();
+                self.backends.clear();
+                return Ok(());
+            }
+        }
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let mut backends = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let mut backend = self.backend.clone();
+            match spec.split_once('=').filter(|_| is_kind_spec(spec)) {
+                Some((kind, url)) => {
+                    backend.kind = BackendKind::from_name(kind).ok_or_else(|| {
+                        ConfigError::invalid(
+                            source,
+                            format!(
+                                "{spec:?}: unknown backend kind {kind:?} (one of {})",
+                                BackendKind::ALL.map(BackendKind::name).join(", ")
+                            ),
+                        )
+                    })?;
+                    backend.url = url.to_owned();
+                }
+                None => backend.url = spec.clone(),
+            }
+            backends.push(backend);
+        }
+        self.backends = backends;
+        Ok(())
     }
 
     fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -375,14 +523,22 @@ impl Config {
         if let Some(key) = get("CEREBRUM_API_KEY") {
             self.backend.api_key = Some(Secret::new(key));
         }
+        if let Some(list) = get("CEREBRUM_BACKENDS") {
+            let specs: Vec<String> = list
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|spec| !spec.is_empty())
+                .map(str::to_owned)
+                .collect();
+            self.set_backends("CEREBRUM_BACKENDS", &specs)?;
+        }
         if let Some(token) = get("CEREBRUM_LSP_TOKEN") {
             self.token = Some(Secret::new(token));
         }
         self.http.apply_env(get)?;
         if let Some(max) = get("CEREBRUM_LSP_MAX_IN_FLIGHT") {
-            self.limits.max_in_flight = max.parse().map_err(|err| {
+            self.limits.max_in_flight = Some(max.parse().map_err(|err| {
                 ConfigError::invalid("CEREBRUM_LSP_MAX_IN_FLIGHT", format!("{max:?}: {err}"))
-            })?;
+            })?);
         }
         if let Some(max) = get("CEREBRUM_LSP_MAX_MESSAGE_BYTES") {
             self.limits.max_message_bytes = max.parse().map_err(|err| {
@@ -405,7 +561,18 @@ impl Config {
                 "must be at least 4",
             ));
         }
-        self.backend.validate()?;
+        self.backend.validate("backend")?;
+        let mut names = std::collections::HashSet::new();
+        for (index, backend) in self.backends.iter().enumerate() {
+            let field = format!("backends[{index}]");
+            backend.validate(&field)?;
+            if !names.insert(backend.display_name()) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.name"),
+                    format!("{:?} names two backends", backend.display_name()),
+                ));
+            }
+        }
         let breaker = &self.breaker;
         if breaker.failure_threshold == 0 {
             return Err(ConfigError::invalid(
@@ -419,7 +586,7 @@ impl Config {
                 "must be positive and at most breaker.max_cooldown_ms",
             ));
         }
-        if self.limits.max_in_flight == 0 {
+        if self.limits.max_in_flight == Some(0) {
             return Err(ConfigError::invalid(
                 "limits.max_in_flight",
                 "must be at least 1",
@@ -491,12 +658,16 @@ impl Config {
                 }
             }
         }
-        // A session that points lsp-edge at another backend must bring that backend's
-        // key: the server's own key never goes to a URL the client chose.
+        // A session that points lsp-edge at another backend uses that one alone, and
+        // must bring its key: the server's own key never goes to a URL the client
+        // chose.
         if let Some(backend) = options.get("backend") {
-            if backend.get("url").is_some() && backend.get("api_key").is_none() {
-                if let Some(slot) = merged.get_mut("backend") {
-                    slot["api_key"] = serde_json::Value::Null;
+            if backend.get("url").is_some() {
+                merged["backends"] = serde_json::Value::Array(Vec::new());
+                if backend.get("api_key").is_none() {
+                    if let Some(slot) = merged.get_mut("backend") {
+                        slot["api_key"] = serde_json::Value::Null;
+                    }
                 }
             }
         }
@@ -518,39 +689,81 @@ impl Config {
 }
 
 impl BackendConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// The name logs, `/health` and `/v1/stats` show: `name`, or `KIND@HOST:PORT`.
+    pub fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let place = reqwest::Url::parse(&self.url)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port_or_known_default() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_else(|| self.url.clone());
+        format!("{}@{place}", self.kind)
+    }
+
+    /// `field` is where the table sits (`backend`, `backends[1]`).
+    fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        let invalid = |name: &str, message: String| {
+            Err(ConfigError::invalid(format!("{field}.{name}"), message))
+        };
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            Ok(_) => {
-                return Err(ConfigError::invalid(
-                    "backend.url",
-                    format!("{:?} is not an http:// URL", self.url),
-                ))
-            }
-            Err(err) => {
-                return Err(ConfigError::invalid(
-                    "backend.url",
-                    format!("{:?}: {err}", self.url),
-                ))
-            }
+            Ok(_) => return invalid("url", format!("{:?} is not an http:// URL", self.url)),
+            Err(err) => return invalid("url", format!("{:?}: {err}", self.url)),
         }
-        for (field, value) in [
-            ("backend.connect_timeout_ms", self.connect_timeout_ms),
-            (
-                "backend.first_token_timeout_ms",
-                self.first_token_timeout_ms,
-            ),
-            ("backend.total_timeout_ms", self.total_timeout_ms),
+        for (name, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("first_token_timeout_ms", self.first_token_timeout_ms),
+            ("total_timeout_ms", self.total_timeout_ms),
+            ("weight", u64::from(self.weight)),
+            ("max_in_flight", self.max_in_flight as u64),
         ] {
             if value == 0 {
-                return Err(ConfigError::invalid(field, "must be positive"));
+                return invalid(name, "must be positive".into());
             }
         }
         if self.total_timeout_ms < self.first_token_timeout_ms {
-            return Err(ConfigError::invalid(
-                "backend.total_timeout_ms",
-                "must be at least backend.first_token_timeout_ms",
-            ));
+            return invalid(
+                "total_timeout_ms",
+                format!("must be at least {field}.first_token_timeout_ms"),
+            );
+        }
+        if self
+            .name
+            .as_deref()
+            .is_some_and(|name| name.trim().is_empty())
+        {
+            return invalid("name", "must not be empty".into());
+        }
+        let needs_model = matches!(self.kind, BackendKind::Openai | BackendKind::Ollama);
+        if needs_model
+            && self
+                .model
+                .as_deref()
+                .is_none_or(|model| model.trim().is_empty())
+        {
+            return invalid(
+                "model",
+                format!(
+                    "a backend of kind {} needs the name of the model it serves",
+                    self.kind
+                ),
+            );
+        }
+        if self.fim_tokens.is_some() && self.kind != BackendKind::Openai {
+            return invalid(
+                "fim_tokens",
+                format!(
+                    "only an openai backend takes FIM tokens; a {} backend knows its model's",
+                    self.kind
+                ),
+            );
         }
         Ok(())
     }
@@ -594,6 +807,13 @@ impl CompletionConfig {
     }
 }
 
+/// Whether `spec` is `KIND=URL` rather than a URL with a `=` in its query: the
+/// part before the first `=` has no `:` or `/`.
+fn is_kind_spec(spec: &str) -> bool {
+    spec.split_once('=')
+        .is_some_and(|(kind, _)| !kind.contains([':', '/']))
+}
+
 /// Deep-merges `patch` into `target`: objects key by key, anything else replaced.
 fn merge_json(target: &mut serde_json::Value, patch: &serde_json::Value) {
     match (target, patch) {
@@ -625,7 +845,8 @@ mod tests {
         let config = Config::load(None, no_env, &Overrides::default()).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:7001");
         assert_eq!(config.backend.url, "http://127.0.0.1:9000");
-        assert_eq!(config.limits.max_in_flight, 2);
+        assert_eq!(config.limits.max_in_flight, None);
+        assert_eq!(config.max_in_flight(), 2);
         assert_eq!(config.breaker.failure_threshold, 3);
         assert_eq!(config.breaker.cooldown_ms, 10_000);
         assert_eq!(config.breaker.max_cooldown_ms, 300_000);
@@ -661,13 +882,13 @@ completion = "py-model"
         };
         let cli = Overrides {
             listen: None,
-            backend_url: Some("http://cli:3".into()),
+            backends: vec!["http://cli:3".into()],
         };
         let config = Config::load(Some(&path), env, &cli).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:7100");
         assert_eq!(config.backend.url, "http://cli:3");
         assert_eq!(config.backend.api_key.as_ref().unwrap().expose(), "k3y");
-        assert_eq!(config.limits.max_in_flight, 3);
+        assert_eq!(config.limits.max_in_flight, Some(3));
         assert_eq!(
             config.models.model_for(Language::Python, Task::Completion),
             Some("py-model".into())
@@ -692,7 +913,7 @@ completion = "py-model"
         assert!(err.contains("url_typo"), "{err}");
 
         let mut config = Config::default();
-        config.limits.max_in_flight = 0;
+        config.limits.max_in_flight = Some(0);
         let err = config.validate().unwrap_err().to_string();
         assert!(err.starts_with("limits.max_in_flight"), "{err}");
 
@@ -769,5 +990,157 @@ completion = "py-model"
     fn secrets_do_not_print() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?}"), "Secret(***)");
+    }
+
+    fn with_backends(specs: &[&str]) -> Result<Config, String> {
+        let cli = Overrides {
+            backends: specs.iter().map(|spec| (*spec).to_owned()).collect(),
+            ..Overrides::default()
+        };
+        let env = |name: &str| (name == "CEREBRUM_API_KEY").then(|| "k3y".to_owned());
+        Config::load(None, env, &cli).map_err(|err| err.to_string())
+    }
+
+    /// `kind url key` per backend, for comparing lists at a glance.
+    fn summary(config: &Config) -> Vec<String> {
+        config
+            .backend_list()
+            .iter()
+            .map(|backend| {
+                let key = backend.api_key.as_ref().map_or("-", Secret::expose);
+                format!("{} {} {key}", backend.display_name(), backend.url)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backends_from_the_command_line() {
+        // One plain URL is the one vps-infer, as it always was.
+        let one = with_backends(&["http://vps:9000"]).unwrap();
+        assert!(one.backends.is_empty());
+        assert_eq!(summary(&one), ["vps-infer@vps:9000 http://vps:9000 k3y"]);
+        // A URL whose query has `=` is still a URL.
+        let query = with_backends(&["http://vps:9000/?a=b"]).unwrap();
+        assert_eq!(query.backend.url, "http://vps:9000/?a=b");
+
+        let several = with_backends(&[
+            "http://a:9000",
+            "llama-server=http://b:8080",
+            "vps-infer=http://c:9000",
+        ])
+        .unwrap();
+        assert_eq!(
+            summary(&several),
+            [
+                "vps-infer@a:9000 http://a:9000 k3y",
+                "llama-server@b:8080 http://b:8080 k3y",
+                "vps-infer@c:9000 http://c:9000 k3y",
+            ]
+        );
+        assert_eq!(several.max_in_flight(), 6);
+
+        let err = with_backends(&["mistral=http://a:1"]).unwrap_err();
+        assert!(err.contains("unknown backend kind \"mistral\""), "{err}");
+        assert!(
+            err.contains("vps-infer, llama-server, openai, ollama"),
+            "{err}"
+        );
+        let err = with_backends(&["openai=http://a:1"]).unwrap_err();
+        assert!(err.starts_with("backends[0].model"), "{err}");
+        let err = with_backends(&["http://a:1", "llama-server=ftp://b"]).unwrap_err();
+        assert!(err.starts_with("backends[1].url"), "{err}");
+        let err = with_backends(&["http://a:1", "http://a:1"]).unwrap_err();
+        assert!(err.contains("names two backends"), "{err}");
+    }
+
+    #[test]
+    fn backends_from_the_file_and_the_environment() {
+        let config = Config::from_toml(
+            r#"
+[backend]
+api_key = "shared"
+
+[[backends]]
+name = "gpu"
+kind = "openai"
+url = "http://gpu:8000/v1"
+model = "Qwen/Qwen2.5-Coder-1.5B"
+weight = 3
+max_in_flight = 8
+api_key = "own"
+
+[[backends]]
+kind = "ollama"
+url = "http://laptop:11434"
+model = "qwen2.5-coder:1.5b"
+"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            summary(&config),
+            [
+                "gpu http://gpu:8000/v1 own",
+                "ollama@laptop:11434 http://laptop:11434 shared",
+            ]
+        );
+        assert_eq!(config.max_in_flight(), 10);
+
+        let err =
+            Config::from_toml("[[backends]]\nkind = \"tgi\"\nurl = \"http://a\"").unwrap_err();
+        assert!(err.starts_with("backends[0].kind"), "{err}");
+        let mut tokens = Config::default();
+        tokens.backends.push(BackendConfig {
+            kind: BackendKind::LlamaServer,
+            fim_tokens: FimTokens::for_model("qwen2.5-coder"),
+            ..BackendConfig::default()
+        });
+        let err = tokens.validate().unwrap_err().to_string();
+        assert!(err.starts_with("backends[0].fim_tokens"), "{err}");
+
+        let env = |name: &str| {
+            (name == "CEREBRUM_BACKENDS").then(|| "http://a:9000, ollama=http://b:11434".to_owned())
+        };
+        let err = Config::load(None, env, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("backends[1].model"), "{err}");
+        let env = |name: &str| {
+            (name == "CEREBRUM_BACKENDS")
+                .then(|| "http://a:9000 llama-server=http://b:8080".to_owned())
+        };
+        let config = Config::load(None, env, &Overrides::default()).unwrap();
+        assert_eq!(config.backend_list().len(), 2);
+        // The command line replaces the environment's list.
+        let cli = Overrides {
+            backends: vec!["http://c:9000".into()],
+            ..Overrides::default()
+        };
+        let config = Config::load(None, env, &cli).unwrap();
+        assert_eq!(summary(&config), ["vps-infer@c:9000 http://c:9000 -"]);
+    }
+
+    #[test]
+    fn a_session_that_names_a_backend_uses_it_alone() {
+        let mut base = Config::default();
+        base.backends = vec![
+            BackendConfig {
+                url: "http://a:9000".into(),
+                ..BackendConfig::default()
+            },
+            BackendConfig {
+                url: "http://b:9000".into(),
+                ..BackendConfig::default()
+            },
+        ];
+        base.backend.api_key = Some(Secret::new("server-key"));
+        let same = base
+            .with_session_options(&json!({"completion": {"max_tokens": 9}}))
+            .unwrap();
+        assert_eq!(same.backend_list(), base.backend_list());
+        let own = base
+            .with_session_options(&json!({"backend": {"url": "http://mine:9000"}}))
+            .unwrap();
+        assert_eq!(summary(&own), ["vps-infer@mine:9000 http://mine:9000 -"]);
     }
 }

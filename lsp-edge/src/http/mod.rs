@@ -58,7 +58,9 @@ impl HttpState {
     /// The state over the shared edge; the token comes from `edge.config.http`.
     pub fn new(edge: Arc<Edge>) -> HttpState {
         let stats = Arc::new(HttpStats::default());
-        stats.watch_breaker(edge.backend.client.breaker());
+        for backend in edge.backends.members() {
+            stats.watch_breaker(backend.client.breaker());
+        }
         HttpState {
             token: edge.config.http.token.clone(),
             completer: Completer::new(edge, stats),

@@ -23,10 +23,10 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::{HttpState, MAX_BODY_BYTES};
 use crate::backend::breaker::BreakerState;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Backends};
 use crate::pipeline::refactor::RefactorOutcome;
 use crate::pipeline::script::{CompleteBody, Generation, GenerationEvent, Summary};
-use crate::pipeline::stats::{breaker_state_name, prometheus_text, Gauges};
+use crate::pipeline::stats::{breaker_state_name, prometheus_text, BackendStats, Gauges};
 use crate::pipeline::PipelineError;
 
 /// A JSON body whose errors use the envelope: 413 past the size limit, 400 naming
@@ -416,32 +416,50 @@ pub async fn refactor(
     .await
 }
 
-/// `GET /health`: the edge's state and the backend's.
+/// `GET /health`: the edge's state and every backend's, each probed now.
+/// `backend` is the first backend (the only one, in the common case); `status` is
+/// "ok" while every backend is.
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let edge = app.edge();
-    let client = &edge.backend.client;
-    let breaker = client.breaker().state();
-    let probe = client.health().await;
-    let reachable = probe.is_ok();
-    let mut backend = json!({
-        "url": client.display_url(),
-        "reachable": reachable,
-        "breaker": breaker_json(&breaker),
-    });
-    match probe {
-        Ok(health) => {
-            backend["status"] = json!(health.status);
-            backend["model_loaded"] = json!(health.model_loaded);
-        }
-        Err(err) => {
-            backend["status"] = json!("unreachable");
-            backend["model_loaded"] = Value::Null;
-            backend["error"] = json!(err.to_string());
-        }
-    }
-    let healthy = reachable
-        && breaker == BreakerState::Closed
-        && backend["status"].as_str() != Some("degraded");
+    let documents = edge.backends.documents();
+    let probes =
+        edge.backends
+            .members()
+            .iter()
+            .zip(documents)
+            .map(|(backend, documents)| async move {
+                let client = &backend.client;
+                let breaker = client.breaker().state();
+                let probe = client.health().await;
+                let reachable = probe.is_ok();
+                let mut json = json!({
+                    "name": client.name(),
+                    "kind": client.kind().name(),
+                    "url": client.display_url(),
+                    "reachable": reachable,
+                    "breaker": breaker_json(&breaker),
+                    "in_flight": client.usage().in_flight(),
+                    "documents": documents,
+                });
+                match probe {
+                    Ok(health) => {
+                        json["status"] = json!(health.status);
+                        json["model_loaded"] = json!(health.model_loaded);
+                    }
+                    Err(err) => {
+                        json["status"] = json!("unreachable");
+                        json["model_loaded"] = Value::Null;
+                        json["error"] = json!(err.to_string());
+                    }
+                }
+                let healthy = reachable
+                    && breaker == BreakerState::Closed
+                    && json["status"].as_str() != Some("degraded");
+                (healthy, json)
+            });
+    let probes = futures::future::join_all(probes).await;
+    let healthy = probes.iter().all(|(healthy, _)| *healthy);
+    let backends: Vec<Value> = probes.into_iter().map(|(_, json)| json).collect();
     Json(json!({
         "status": if healthy { "ok" } else { "degraded" },
         "edge": {
@@ -450,7 +468,8 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
             "in_flight": edge.limiter.in_flight(),
             "max_in_flight": edge.limiter.max(),
         },
-        "backend": backend,
+        "backend": backends.first().cloned().unwrap_or(Value::Null),
+        "backends": backends,
     }))
 }
 
@@ -471,11 +490,57 @@ fn gauges(app: &HttpState) -> Gauges {
     Gauges {
         in_flight: edge.limiter.in_flight(),
         max_in_flight: edge.limiter.max(),
-        breaker: edge.backend.client.breaker().state(),
+        breaker: overall_breaker(&edge.backends),
         cache_entries,
         cache_bytes,
         cache_max_bytes,
+        backends: backend_stats(&edge.backends),
     }
+}
+
+/// Whether lsp-edge can generate: closed while any backend's breaker is, else
+/// half-open while any is, else the first backend's open state.
+fn overall_breaker(backends: &Backends) -> BreakerState {
+    let states: Vec<BreakerState> = backends
+        .members()
+        .iter()
+        .map(|backend| backend.client.breaker().state())
+        .collect();
+    for wanted in [BreakerState::Closed, BreakerState::HalfOpen] {
+        if states.contains(&wanted) {
+            return wanted;
+        }
+    }
+    states.into_iter().next().unwrap_or(BreakerState::Closed)
+}
+
+fn backend_stats(backends: &Backends) -> Vec<BackendStats> {
+    backends
+        .members()
+        .iter()
+        .zip(backends.documents())
+        .map(|(backend, documents)| {
+            let client = &backend.client;
+            let config = client.config();
+            let breaker = client.breaker().state();
+            BackendStats {
+                name: client.name().to_owned(),
+                kind: client.kind().name(),
+                url: client.display_url().to_owned(),
+                breaker: breaker_state_name(&breaker),
+                reason: match breaker {
+                    BreakerState::Open { reason, .. } => Some(reason),
+                    _ => None,
+                },
+                weight: config.weight,
+                in_flight: client.usage().in_flight(),
+                max_in_flight: config.max_in_flight,
+                generations: client.usage().started(),
+                failures: client.usage().failed(),
+                documents,
+            }
+        })
+        .collect()
 }
 
 /// `GET /v1/stats`.

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::documents::DocumentStore;
 use super::error::LspError;
 use super::position::{self, Encoding};
-use crate::backend::Backend;
+use crate::backend::Backends;
 use crate::config::{Config, Task};
 use crate::edge::Edge;
 use crate::pipeline::refactor::{
@@ -41,7 +41,7 @@ pub struct ActionContext<'a> {
     pub edge: &'a Arc<Edge>,
     pub documents: &'a DocumentStore,
     pub encoding: Encoding,
-    pub backend: &'a Backend,
+    pub backends: &'a Backends,
     pub config: &'a Config,
     pub work_done_progress: bool,
 }
@@ -252,7 +252,7 @@ async fn run(
 
         let env = RefactorEnv {
             engine: cx.edge.engine.clone(),
-            backend: cx.backend.clone(),
+            backends: cx.backends.clone(),
             limiter: cx.edge.limiter.clone(),
             model: cx.config.models.model_for(language, Task::Refactor),
         };

@@ -31,8 +31,7 @@ use super::inflight::InFlight;
 use super::position::{self, Encoding};
 use super::typed_ahead::TypedAhead;
 use crate::backend::breaker::BreakerState;
-use crate::backend::Backend;
-use crate::backend::{BackendClient, ExtraChunk};
+use crate::backend::{BackendClient, Backends, ExtraChunk};
 use crate::config::{Config, Task};
 use crate::edge::Edge;
 use crate::pipeline::{self, GenerationInput, Observer, Prompt};
@@ -152,7 +151,7 @@ impl Cursor {
 struct SessionSettings {
     config: Config,
     encoding: Encoding,
-    backend: Backend,
+    backends: Backends,
     work_done_progress: bool,
 }
 
@@ -212,7 +211,7 @@ impl Session {
             edge: &self.edge,
             documents: &self.documents,
             encoding: settings.encoding,
-            backend: &settings.backend,
+            backends: &settings.backends,
             config: &settings.config,
             work_done_progress: settings.work_done_progress,
         })
@@ -247,8 +246,18 @@ impl Session {
         Err(LspError::Unauthorized(refusal).into())
     }
 
-    /// Tells the editor once per breaker state change, for the session's lifetime.
-    fn watch_breaker(&self, backend: &BackendClient) {
+    /// Tells the editor once per change of `backend`'s breaker, for the session's
+    /// lifetime. With `several` backends, an open breaker moves the backend's
+    /// documents to the others rather than pausing completions.
+    fn watch_breaker(&self, backend: &BackendClient, several: bool) {
+        let (what, consequence) = if several {
+            (
+                format!("backend {}", backend.name()),
+                "its documents go to the other backends meanwhile".to_owned(),
+            )
+        } else {
+            (backend.kind().to_string(), String::new())
+        };
         let mut changes = backend.breaker().subscribe();
         changes.borrow_and_update();
         let client = self.client.clone();
@@ -264,10 +273,13 @@ impl Session {
                         let state = changes.borrow_and_update().clone();
                         match state {
                             BreakerState::Open { cooldown, reason } => {
+                                let consequence = if consequence.is_empty() {
+                                    format!("completions pause for {}s", cooldown.as_secs())
+                                } else {
+                                    consequence.clone()
+                                };
                                 let message = format!(
-                                    "Cerebrum: vps-infer is unavailable ({reason}); \
-                                     completions pause for {}s.",
-                                    cooldown.as_secs()
+                                    "Cerebrum: {what} is unavailable ({reason}); {consequence}."
                                 );
                                 client.show_message(MessageType::WARNING, message).await;
                             }
@@ -275,7 +287,7 @@ impl Session {
                                 client
                                     .show_message(
                                         MessageType::INFO,
-                                        "Cerebrum: vps-infer answers again; completions resumed.",
+                                        format!("Cerebrum: {what} answers again; completions resumed."),
                                     )
                                     .await;
                             }
@@ -356,6 +368,7 @@ impl Session {
         deadline: Option<Instant>,
     ) -> std::result::Result<String, LspError> {
         let language = snapshot.language;
+        let uri = snapshot.uri.clone();
         let engine = self.edge.engine.clone();
         let options = ContextOptions {
             path: snapshot.path.clone(),
@@ -405,6 +418,7 @@ impl Session {
             fim: config.models.fim(model.as_deref()),
             model,
             settings: config.completion.clone(),
+            document: Some(uri.as_str().to_owned()),
         };
 
         let (partials, partial_rx) = match &partial {
@@ -417,16 +431,18 @@ impl Session {
         let (first_token, first_token_rx) = oneshot::channel();
         if settings.work_done_progress {
             let client = self.client.clone();
-            let backend = settings.backend.client.clone();
-            tokio::spawn(report_model_load(client, backend, first_token_rx));
+            // The backend the document is at home on, or the one it will go to.
+            let candidates = settings.backends.candidates(Some(uri.as_str()));
+            if let Some((_, backend)) = candidates.into_iter().next() {
+                tokio::spawn(report_model_load(client, backend.client, first_token_rx));
+            }
         }
         let observer = Observer {
             partials,
             first_token: Some(first_token),
             tokens: None,
         };
-        let backend = &settings.backend;
-        let generation = pipeline::generate(backend, &input, observer, deadline);
+        let generation = pipeline::generate(&settings.backends, &input, observer, deadline);
         let forward = forward_partials(&self.client, partial_rx, partial, cursor);
         let (generated, ()) = tokio::join!(generation, forward);
         let generated = generated?;
@@ -577,14 +593,11 @@ impl LanguageServer for Session {
             .as_ref()
             .and_then(|window| window.work_done_progress)
             .unwrap_or(false);
-        let backend = self
-            .edge
-            .backend_for(&config.backend)
-            .map_err(LspError::from)?;
+        let backends = self.edge.backends_for(&config).map_err(LspError::from)?;
         let settings = SessionSettings {
             config,
             encoding,
-            backend,
+            backends,
             work_done_progress,
         };
         if self.settings.set(settings).is_err() {
@@ -617,7 +630,10 @@ impl LanguageServer for Session {
 
     async fn initialized(&self, _: InitializedParams) {
         if let Ok(settings) = self.settings() {
-            self.watch_breaker(&settings.backend.client);
+            let several = settings.backends.members().len() > 1;
+            for backend in settings.backends.members() {
+                self.watch_breaker(&backend.client, several);
+            }
         }
     }
 

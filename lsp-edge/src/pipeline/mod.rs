@@ -28,7 +28,7 @@ use tokio::time::Instant;
 pub use self::error::PipelineError;
 use self::trim::TrimContext;
 use crate::backend::{
-    Backend, BackendClient, BackendError, ExtraChunk, FimMemory, GenerationStats, InferenceRequest,
+    Backend, BackendClient, BackendError, Backends, ExtraChunk, GenerationStats, InferenceRequest,
     StreamEvent, TokenStream,
 };
 use crate::config::CompletionConfig;
@@ -61,6 +61,9 @@ pub struct GenerationInput {
     /// From config: `Some(false)` when the model is known to lack FIM tokens.
     pub fim: Option<bool>,
     pub settings: CompletionConfig,
+    /// The document the request is about (its URI or path): requests for one
+    /// document go to one backend while it is healthy, where its prompt is cached.
+    pub document: Option<String>,
 }
 
 /// Hooks for a caller that shows progress.
@@ -90,6 +93,8 @@ pub struct Generated {
     pub text: String,
     /// Whether the request went out as fill-in-the-middle.
     pub fim: bool,
+    /// The backend that answered (its name); empty when none did.
+    pub backend: String,
     /// Trimming ended the answer before the model did (the stream was dropped).
     pub cut_early: bool,
     /// The caller's deadline passed; `text` is what had arrived by then.
@@ -150,26 +155,59 @@ pub fn request_for(input: &GenerationInput, fim: bool) -> InferenceRequest {
     request
 }
 
-/// Whether `input` goes out as fill-in-the-middle first: a FIM prompt, for a model
-/// not known to lack FIM tokens.
-pub fn wants_fim(fim_memory: &FimMemory, input: &GenerationInput) -> bool {
+/// Whether `input` goes out to `backend` as fill-in-the-middle first: a FIM
+/// prompt, for a model not known to lack FIM tokens there.
+pub fn wants_fim(backend: &Backend, input: &GenerationInput) -> bool {
     matches!(input.prompt, Prompt::Fim { .. })
         && input.fim != Some(false)
-        && !fim_memory.lacks_fim(input.model.as_deref())
+        && !backend.lacks_fim(input.model.as_deref())
 }
 
-/// A stream from vps-infer, and whether its request went out as fill-in-the-middle.
+/// A stream from a backend, which one, and whether its request went out as
+/// fill-in-the-middle.
 #[derive(Debug)]
 pub struct Opened {
     pub stream: TokenStream,
     pub fim: bool,
+    /// The backend's name.
+    pub backend: String,
 }
 
-/// Sends `input` to vps-infer and waits for it to accept: as fill-in-the-middle
-/// when [`wants_fim`], falling back to the plain form (and remembering the model)
-/// when vps-infer says the model has no FIM tokens.
-pub async fn open(backend: &Backend, input: &GenerationInput) -> Result<Opened, BackendError> {
-    let fim = wants_fim(&backend.fim, input);
+/// Sends `input` to the document's backend and waits for it to accept. When that
+/// backend is down, its breaker open or it is overloaded, the next candidate is
+/// tried at once (the document moves there), so a failing backend costs the
+/// editor nothing while another answers. Errors a request would meet anywhere (a
+/// bad request) end the search.
+pub async fn open(backends: &Backends, input: &GenerationInput) -> Result<Opened, BackendError> {
+    let document = input.document.as_deref();
+    let candidates = backends.candidates(document);
+    let last = candidates.len().saturating_sub(1);
+    let mut first_error = None;
+    for (index, (member, backend)) in candidates.into_iter().enumerate() {
+        match open_on(&backend, input).await {
+            Ok(opened) => {
+                backends.settle(document, member);
+                return Ok(opened);
+            }
+            Err(err) if index < last && err.worth_another_backend() => {
+                tracing::warn!(
+                    backend = backend.client.name(),
+                    "{err}; trying the next backend"
+                );
+                first_error.get_or_insert(err);
+            }
+            Err(err) => return Err(first_error.unwrap_or(err)),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| BackendError::Protocol("no backend is configured".into())))
+}
+
+/// [`open`] on one backend: as fill-in-the-middle when [`wants_fim`], falling back
+/// to the plain form (and remembering the model) when the backend says the model
+/// has no FIM tokens.
+async fn open_on(backend: &Backend, input: &GenerationInput) -> Result<Opened, BackendError> {
+    let fim = wants_fim(backend, input);
+    let name = backend.client.name().to_owned();
     let send = |fim: bool| {
         let mut request = request_for(input, fim);
         let lead = heal_trailing_whitespace(input, &mut request);
@@ -180,12 +218,20 @@ pub async fn open(backend: &Backend, input: &GenerationInput) -> Result<Opened, 
         }
     };
     match send(fim).await {
-        Ok(stream) => Ok(Opened { stream, fim }),
+        Ok(stream) => Ok(Opened {
+            stream,
+            fim,
+            backend: name,
+        }),
         Err(err) if fim && err.is_fim_unsupported() => {
-            tracing::info!(model = ?input.model, "model has no FIM tokens; using plain completions");
+            tracing::info!(model = ?input.model, backend = %name, "model has no FIM tokens; using plain completions");
             backend.fim.remember_no_fim(input.model.as_deref());
             let stream = send(false).await?;
-            Ok(Opened { stream, fim: false })
+            Ok(Opened {
+                stream,
+                fim: false,
+                backend: name,
+            })
         }
         Err(err) => Err(err),
     }
@@ -211,12 +257,12 @@ fn heal_trailing_whitespace(input: &GenerationInput, request: &mut InferenceRequ
 /// Runs one generation. `deadline` bounds the whole call: when it passes, the
 /// text that has arrived is the answer.
 pub async fn generate(
-    backend: &Backend,
+    backends: &Backends,
     input: &GenerationInput,
     mut observer: Observer,
     deadline: Option<Instant>,
 ) -> Result<Generated, BackendError> {
-    let start = open(backend, input);
+    let start = open(backends, input);
     let started = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, start).await.ok(),
         None => Some(start.await),
@@ -225,14 +271,19 @@ pub async fn generate(
         // The budget ran out before vps-infer answered: nothing to show yet.
         return Ok(Generated {
             text: String::new(),
-            fim: wants_fim(&backend.fim, input),
+            fim: wants_fim(backends.first(), input),
+            backend: String::new(),
             cut_early: false,
             deadline_hit: true,
             tokens: 0,
             stats: None,
         });
     };
-    let Opened { mut stream, fim } = started?;
+    let Opened {
+        mut stream,
+        fim,
+        backend,
+    } = started?;
 
     let trim = match &input.prompt {
         Prompt::Fim { prefix, suffix, .. } => {
@@ -319,6 +370,7 @@ pub async fn generate(
     Ok(Generated {
         text,
         fim,
+        backend,
         cut_early,
         deadline_hit,
         tokens,
@@ -343,6 +395,7 @@ mod tests {
             model: Some("m".into()),
             fim: None,
             settings: CompletionConfig::default(),
+            document: None,
         }
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::limiter::GenerationLimiter;
-use crate::backend::Backend;
+use crate::backend::Backends;
 use crate::config::{CompletionConfig, Task};
 use crate::edge::Edge;
 use crate::pipeline::{self, GenerationInput, Observer, PipelineError, Prompt};
@@ -56,23 +56,23 @@ pub struct RefactorRequest {
     pub path: Option<String>,
 }
 
-/// Where a refactor runs: the engine, a vps-infer client (with its breaker), the
-/// shared generation limiter, and the model.
+/// Where a refactor runs: the engine, the backends, the shared generation
+/// limiter, and the model.
 #[derive(Debug, Clone)]
 pub struct RefactorEnv {
     pub engine: Arc<ContextEngine>,
-    pub backend: Backend,
+    pub backends: Backends,
     pub limiter: GenerationLimiter,
     /// `None`: vps-infer's default model.
     pub model: Option<String>,
 }
 
 impl RefactorEnv {
-    /// The shared backend and the configured refactor model for `language`.
+    /// The shared backends and the configured refactor model for `language`.
     pub fn shared(edge: &Edge, language: Language) -> RefactorEnv {
         RefactorEnv {
             engine: edge.engine.clone(),
-            backend: edge.backend.clone(),
+            backends: edge.backends.clone(),
             limiter: edge.limiter.clone(),
             model: edge.config.models.model_for(language, Task::Refactor),
         }
@@ -210,6 +210,9 @@ async fn generate(
         },
         model: env.model.clone(),
         fim: None,
+        // A refactor is rare and its prompt shares little with completions': it
+        // goes to the least busy backend.
+        document: None,
         settings: CompletionConfig {
             max_tokens: plan.max_tokens,
             temperature,
@@ -234,7 +237,7 @@ async fn generate(
     let generated = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(PipelineError::Cancelled),
-        generated = pipeline::generate(&env.backend, &input, observer, None) => generated?,
+        generated = pipeline::generate(&env.backends, &input, observer, None) => generated?,
     };
     Ok(Answer {
         cut_off: generated

@@ -326,6 +326,7 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
             stop: request.stop,
             ..config.completion.clone()
         },
+        document: request.path.clone(),
     };
     let cache_key = (request.temperature == 0.0)
         .then(|| {
@@ -400,8 +401,8 @@ impl Completer {
             self.stats.shed.inc();
         })?;
         let sent = Instant::now();
-        let opened = pipeline::open(&self.edge.backend, &prepared.input).await;
-        let Opened { stream, fim } = opened.inspect_err(|err| match err {
+        let opened = pipeline::open(&self.edge.backends, &prepared.input).await;
+        let Opened { stream, fim, .. } = opened.inspect_err(|err| match err {
             BackendError::BreakerOpen(_) => self.stats.breaker_refused.inc(),
             _ => self.stats.failed.inc(),
         })?;

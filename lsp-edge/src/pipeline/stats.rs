@@ -140,10 +140,35 @@ impl Default for HttpStats {
 pub struct Gauges {
     pub in_flight: usize,
     pub max_in_flight: usize,
+    /// Whether lsp-edge can generate at all: one backend's breaker, or with
+    /// several, the most open of theirs while any takes requests.
     pub breaker: BreakerState,
     pub cache_entries: usize,
     pub cache_bytes: usize,
     pub cache_max_bytes: usize,
+    pub backends: Vec<BackendStats>,
+}
+
+/// One backend, as `/v1/stats` and `/metrics` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStats {
+    pub name: String,
+    pub kind: &'static str,
+    /// Without credentials.
+    pub url: String,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub weight: u32,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    /// Generations sent to it (LSP and HTTP together).
+    pub generations: u64,
+    /// Those that failed in a way that counts against it.
+    pub failures: u64,
+    /// Documents at home on it.
+    pub documents: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +182,7 @@ pub struct StatsSnapshot {
     pub chunking: ChunkingTotals,
     pub edge_overhead_ms: LatencySummary,
     pub backend_ms: LatencySummary,
+    pub backends: Vec<BackendStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,6 +329,7 @@ impl HttpStats {
             },
             edge_overhead_ms: Self::window(&self.edge_overhead).summary(),
             backend_ms: Self::window(&self.backend_time).summary(),
+            backends: gauges.backends,
         }
     }
 }
@@ -448,7 +475,81 @@ pub fn prometheus_text(snapshot: &StatsSnapshot) -> String {
         let _ = writeln!(out, "cerebrum_edge_{name}_sum {}", summary.sum_ms / 1000.0);
         let _ = writeln!(out, "cerebrum_edge_{name}_count {}", summary.count);
     }
+    backend_metrics(&mut out, &snapshot.backends);
     out
+}
+
+/// The per-backend families, labelled `backend="NAME"`.
+fn backend_metrics(out: &mut String, backends: &[BackendStats]) {
+    let labels: Vec<String> = backends
+        .iter()
+        .map(|backend| format!("backend=\"{}\"", label_value(&backend.name)))
+        .collect();
+    let samples = |value: &dyn Fn(&BackendStats) -> f64, extra: &str| -> Vec<(String, f64)> {
+        backends
+            .iter()
+            .zip(&labels)
+            .map(|(backend, label)| (format!("{{{label}{extra}}}"), value(backend)))
+            .collect()
+    };
+    let open = |state: &'static str| {
+        move |backend: &BackendStats| f64::from(u8::from(backend.breaker == state))
+    };
+    let mut breaker = samples(&open("closed"), ",state=\"closed\"");
+    breaker.extend(samples(&open("open"), ",state=\"open\""));
+    breaker.extend(samples(&open("half_open"), ",state=\"half_open\""));
+    type Value = fn(&BackendStats) -> f64;
+    let plain: [(&str, &str, &str, Value); 4] = [
+        (
+            "backend_in_flight",
+            "gauge",
+            "Generations in flight, per backend.",
+            |b| b.in_flight as f64,
+        ),
+        (
+            "backend_generations_total",
+            "counter",
+            "Generations sent, per backend.",
+            |b| b.generations as f64,
+        ),
+        (
+            "backend_failures_total",
+            "counter",
+            "Generations that failed against the backend, per backend.",
+            |b| b.failures as f64,
+        ),
+        (
+            "backend_documents",
+            "gauge",
+            "Documents at home on each backend.",
+            |b| b.documents as f64,
+        ),
+    ];
+    let mut families: Vec<(&str, &str, &str, Vec<(String, f64)>)> = plain
+        .iter()
+        .map(|&(name, kind, help, value)| (name, kind, help, samples(&value, "")))
+        .collect();
+    families.push((
+        "backend_breaker_state",
+        "gauge",
+        "Each backend's circuit breaker state (1 for the current one).",
+        breaker,
+    ));
+    for (name, kind, help, samples) in &families {
+        let samples: Vec<(&str, f64)> = samples
+            .iter()
+            .map(|(labels, value)| (labels.as_str(), *value))
+            .collect();
+        metric(out, name, kind, help, &samples);
+    }
+}
+
+/// A Prometheus label value: `\`, `"` and line breaks escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -490,6 +591,19 @@ mod tests {
             cache_entries: 3,
             cache_bytes: 4096,
             cache_max_bytes: 8192,
+            backends: vec![BackendStats {
+                name: "vps-a".into(),
+                kind: "vps-infer",
+                url: "http://10.0.0.1:9000".into(),
+                breaker: "open",
+                reason: Some("connection refused".into()),
+                weight: 1,
+                in_flight: 1,
+                max_in_flight: 2,
+                generations: 7,
+                failures: 3,
+                documents: 2,
+            }],
         }
     }
 
@@ -529,6 +643,9 @@ mod tests {
             "# TYPE cerebrum_edge_overhead_seconds summary",
             "cerebrum_edge_overhead_seconds{quantile=\"0.5\"} 0.002",
             "cerebrum_edge_overhead_seconds_count 1",
+            "cerebrum_edge_backend_generations_total{backend=\"vps-a\"} 7",
+            "cerebrum_edge_backend_breaker_state{backend=\"vps-a\",state=\"open\"} 1",
+            "cerebrum_edge_backend_breaker_state{backend=\"vps-a\",state=\"closed\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
