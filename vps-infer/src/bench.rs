@@ -5,6 +5,7 @@
 //! for 1 and 2 streams (beside `llama-batched-bench`'s when given), and a completion's
 //! time to first token while a 256-token generation runs against an idle server.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -46,7 +47,7 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     config.guard.min_free_memory_mb = 0;
     let stats = Arc::new(Stats::default());
     let guard = ResourceGuard::start(config.guard);
-    let engine = Engine::start(&config, stats, guard)?;
+    let engine = Engine::start(&config, stats.clone(), guard)?;
     let model = config.default_model.clone();
     let threads = config.models[&model].threads;
     println!(
@@ -65,6 +66,18 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     // Load the model outside the measurements.
     let warm = request(&model, "def warm():", None, 1);
     engine::collect(engine.generate(warm)?).await?;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    println!(
+        "gpu: {} of {} layers offloaded (gpu_layers {}; offload {})",
+        get(&stats.offloaded_layers),
+        get(&stats.model_layers),
+        config.models[&model].gpu_layers,
+        if stats.gpu_offload_supported.load(Ordering::Relaxed) {
+            "supported"
+        } else {
+            "not supported by this build or machine"
+        }
+    );
 
     let mut cold = Vec::new();
     let mut edit = Vec::new();

@@ -41,6 +41,10 @@ pub struct ModelConfig {
     /// Most drift a reused run may reach: tokens inserted and removed before it since
     /// it was last evaluated, summed over reuses. Past it the run is evaluated again.
     pub cache_reuse_max_drift: u32,
+    /// Layers whose weights go to the GPU (llama.cpp's `--n-gpu-layers`): 0 keeps the
+    /// model on the CPU; more than the model has (999) offloads all of it. Without a
+    /// GPU build (`--features cuda`) or a GPU, every layer stays on the CPU.
+    pub gpu_layers: u32,
 }
 
 /// A few dozen keystrokes before the suffix, or a window that slid by a few lines:
@@ -76,6 +80,7 @@ pub struct FileConfig {
     pub batch_size: Option<u32>,
     pub cache_reuse: Option<u32>,
     pub cache_reuse_max_drift: Option<u32>,
+    pub gpu_layers: Option<u32>,
     pub idle_unload_secs: Option<u64>,
     pub queue_size: Option<usize>,
     pub parallel: Option<usize>,
@@ -99,6 +104,7 @@ pub struct FileModel {
     pub path: PathBuf,
     pub ctx_size: Option<u32>,
     pub threads: Option<u32>,
+    pub gpu_layers: Option<u32>,
 }
 
 /// The command-line layer (filled by clap in `main.rs`).
@@ -111,6 +117,7 @@ pub struct Overrides {
     pub ctx_size: Option<u32>,
     pub cache_reuse: Option<u32>,
     pub parallel: Option<usize>,
+    pub gpu_layers: Option<u32>,
     pub api_key_file: Option<PathBuf>,
 }
 
@@ -183,6 +190,15 @@ impl Config {
             file_cfg.cache_reuse_max_drift,
         )?
         .unwrap_or(DEFAULT_CACHE_REUSE_MAX_DRIFT);
+        // CPU only unless asked: llama.cpp's own default offloads every layer, which
+        // a GPU build would then do on any machine with a GPU, wanted or not.
+        let gpu_layers = pick_parsed(
+            "gpu_layers",
+            flags.gpu_layers,
+            env("CEREBRUM_GPU_LAYERS"),
+            file_cfg.gpu_layers,
+        )?
+        .unwrap_or(0);
 
         let mut models = BTreeMap::new();
         let mut first_model = None;
@@ -198,6 +214,7 @@ impl Config {
                     batch_size,
                     cache_reuse,
                     cache_reuse_max_drift,
+                    gpu_layers: m.gpu_layers.unwrap_or(gpu_layers),
                 },
             );
         }
@@ -220,6 +237,7 @@ impl Config {
                     batch_size,
                     cache_reuse,
                     cache_reuse_max_drift,
+                    gpu_layers,
                 },
             );
         }
@@ -403,17 +421,22 @@ mod tests {
         (path, s)
     }
 
+    /// Writes `text` as a config file, in a directory of its own named after `test`.
+    fn config_file(test: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vps-infer-cfg-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
     #[test]
     fn flags_win_over_env_and_file() {
         let (_p, path) = model_file();
-        let dir = std::env::temp_dir().join(format!("vps-infer-cfg-layers-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
-        std::fs::write(
-            &file,
-            format!("listen = \"127.0.0.1:1\"\nthreads = 3\n[models.a]\npath = \"{path}\"\n"),
-        )
-        .unwrap();
+        let file = config_file(
+            "layers",
+            &format!("listen = \"127.0.0.1:1\"\nthreads = 3\n[models.a]\npath = \"{path}\"\n"),
+        );
         let env = env_of(&[
             ("CEREBRUM_LISTEN", "127.0.0.1:2"),
             ("CEREBRUM_THREADS", "5"),
@@ -446,6 +469,8 @@ mod tests {
             (&[("CEREBRUM_LISTEN", "0.0.0.0:9000")], "api_key"),
             (&[("CEREBRUM_CTX_SIZE", "10")], "ctx_size"),
             (&[("CEREBRUM_PARALLEL", "0")], "parallel"),
+            (&[("CEREBRUM_GPU_LAYERS", "-1")], "gpu_layers"),
+            (&[("CEREBRUM_GPU_LAYERS", "all")], "gpu_layers"),
         ];
         for (pairs, field) in cases {
             let pairs: Vec<(String, String)> = pairs
@@ -464,6 +489,70 @@ mod tests {
             .unwrap_err();
             let msg = format!("{err:#}");
             assert!(msg.starts_with(field), "{field}: {msg}");
+        }
+    }
+
+    #[test]
+    fn gpu_layers_default_to_none_and_a_model_may_set_its_own() {
+        let (_p, path) = model_file();
+        let file = config_file(
+            "gpu",
+            &format!(
+                "gpu_layers = 12\n[models.a]\npath = \"{path}\"\n\
+                 [models.b]\npath = \"{path}\"\ngpu_layers = 0\n"
+            ),
+        );
+        let load = |file: Option<&Path>, pairs: &'static [(&'static str, &'static str)], flag| {
+            Config::load(
+                file,
+                &env_of(pairs),
+                Overrides {
+                    models: vec![format!("c={path}")],
+                    gpu_layers: flag,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        fn layers(cfg: &Config) -> Vec<(&str, u32)> {
+            cfg.models
+                .iter()
+                .map(|(name, m)| (name.as_str(), m.gpu_layers))
+                .collect()
+        }
+        // CPU only unless asked.
+        assert_eq!(layers(&load(None, &[], None)), [("c", 0)]);
+        // Of the global values the flag wins over the environment, which wins over the
+        // file; a model's own value in the file wins over all of them, as for `threads`.
+        assert_eq!(
+            layers(&load(Some(&file), &[], None)),
+            [("a", 12), ("b", 0), ("c", 12)]
+        );
+        let env = &[("CEREBRUM_GPU_LAYERS", " 999 ")];
+        assert_eq!(
+            layers(&load(Some(&file), env, None)),
+            [("a", 999), ("b", 0), ("c", 999)]
+        );
+        assert_eq!(
+            layers(&load(Some(&file), env, Some(4))),
+            [("a", 4), ("b", 0), ("c", 4)]
+        );
+    }
+
+    #[test]
+    fn bad_gpu_layers_in_the_file_name_the_field() {
+        let (_p, path) = model_file();
+        for (i, text) in [
+            "gpu_layers = -1\n".to_string(),
+            "gpu_layers = \"all\"\n".to_string(),
+            format!("[models.a]\npath = \"{path}\"\ngpu_layers = 1.5\n"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let file = config_file(&format!("gpu-bad-{i}"), text);
+            let err = Config::load(Some(&file), &env_of(&[]), Overrides::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("gpu_layers"), "{text}: {err:#}");
         }
     }
 
@@ -526,11 +615,7 @@ mod tests {
 
     #[test]
     fn unknown_file_field_is_refused() {
-        let dir =
-            std::env::temp_dir().join(format!("vps-infer-cfg-unknown-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
-        std::fs::write(&file, "lissten = \"x\"\n").unwrap();
+        let file = config_file("unknown", "lissten = \"x\"\n");
         let err = Config::load(Some(&file), &env_of(&[]), Overrides::default()).unwrap_err();
         assert!(format!("{err:#}").contains("lissten"), "{err:#}");
     }

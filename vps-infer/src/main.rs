@@ -46,6 +46,10 @@ struct Flags {
     /// prompt [default: 2].
     #[arg(long, global = true)]
     parallel: Option<usize>,
+    /// Layers to offload to the GPU: 0 keeps the model on the CPU, 999 offloads all
+    /// of it. Needs a build with `--features cuda` [default: 0].
+    #[arg(long, global = true)]
+    gpu_layers: Option<u32>,
     /// File holding the API key (the key may also come from CEREBRUM_API_KEY).
     #[arg(long, global = true)]
     api_key_file: Option<PathBuf>,
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             ctx_size: flags.ctx_size,
             cache_reuse: flags.cache_reuse,
             parallel: flags.parallel,
+            gpu_layers: flags.gpu_layers,
             api_key_file: flags.api_key_file,
         },
     )

@@ -428,6 +428,7 @@ async fn models(State(app): State<AppState>) -> Json<serde_json::Value> {
                 "path": m.path,
                 "size": std::fs::metadata(&m.path).map(|md| md.len()).ok(),
                 "ctx_size": m.ctx_size,
+                "gpu_layers": m.gpu_layers,
                 "loaded": loaded.as_deref() == Some(name.as_str()),
                 "default": name == app.engine.default_model(),
             })

@@ -1,6 +1,6 @@
 //! Counters behind `/v1/stats`: lock-free, written by handlers and the engine thread.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -27,6 +27,15 @@ pub struct Stats {
     pub generation_us: AtomicU64,
     pub model_loads: AtomicU64,
     pub last_load_ms: AtomicU64,
+    /// Whether llama.cpp can offload layers here: a GPU build that finds a GPU. Set
+    /// once, when the engine starts.
+    pub gpu_offload_supported: AtomicBool,
+    /// Layers of the loaded model whose weights are on the GPU; 0 while no model is
+    /// loaded.
+    pub offloaded_layers: AtomicU64,
+    /// All the loaded model's layers, its output layer counted as llama.cpp does; 0
+    /// while no model is loaded.
+    pub model_layers: AtomicU64,
     pub last_activity: Mutex<Option<Instant>>,
     /// What each sequence of the loaded model's context holds and does; written by
     /// the engine thread at each change, empty while no model is loaded.
@@ -116,6 +125,11 @@ impl Stats {
             model_loads: get(&self.model_loads),
             last_load_seconds: get(&self.last_load_ms) as f64 / 1000.0,
             idle_seconds: idle_since.elapsed().as_secs_f64(),
+            gpu: GpuStats {
+                offload_supported: self.gpu_offload_supported.load(Relaxed),
+                offloaded_layers: get(&self.offloaded_layers),
+                model_layers: get(&self.model_layers),
+            },
             sequences: self.sequences.lock().map(|s| s.clone()).unwrap_or_default(),
             priorities: Priority::ALL
                 .iter()
@@ -145,6 +159,13 @@ impl Stats {
                 f(s);
             }
         }
+    }
+
+    /// The loaded model has `offloaded` of its `layers` on the GPU; (0, 0) when it
+    /// is unloaded.
+    pub fn set_model_layers(&self, offloaded: u32, layers: u32) {
+        self.offloaded_layers.store(u64::from(offloaded), Relaxed);
+        self.model_layers.store(u64::from(layers), Relaxed);
     }
 
     /// `n` idle sequences (a model was loaded), or none (it was unloaded).
@@ -185,8 +206,18 @@ pub struct StatsSnapshot {
     pub model_loads: u64,
     pub last_load_seconds: f64,
     pub idle_seconds: f64,
+    pub gpu: GpuStats,
     pub sequences: Vec<SequenceStats>,
     pub priorities: Vec<PriorityStats>,
+}
+
+/// Where the loaded model's layers are: `offloaded_layers` of `model_layers` on the
+/// GPU, the rest on the CPU.
+#[derive(Debug, Serialize)]
+pub struct GpuStats {
+    pub offload_supported: bool,
+    pub offloaded_layers: u64,
+    pub model_layers: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -204,4 +235,24 @@ pub struct RejectedStats {
     pub memory: u64,
     pub invalid: u64,
     pub auth: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_figures_follow_the_loaded_model() {
+        let stats = Stats::default();
+        stats.gpu_offload_supported.store(true, Relaxed);
+        stats.set_model_layers(10, 25);
+        let json = serde_json::to_value(stats.snapshot(None, 0, Instant::now())).unwrap();
+        assert_eq!(
+            json["gpu"],
+            serde_json::json!({"offload_supported": true, "offloaded_layers": 10, "model_layers": 25})
+        );
+        stats.set_model_layers(0, 0);
+        let json = serde_json::to_value(stats.snapshot(None, 0, Instant::now())).unwrap();
+        assert_eq!(json["gpu"]["model_layers"], 0);
+    }
 }

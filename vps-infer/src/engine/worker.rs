@@ -59,6 +59,7 @@ pub(crate) fn run(
             return;
         }
     };
+    report_gpu_offload(&backend, &shared);
     let _ = ready.send(Ok(()));
 
     let mut pending: Option<Command> = None;
@@ -101,6 +102,7 @@ pub(crate) fn run(
             Ok(s) => s,
             Err(e) => {
                 shared.set_status(|s| s.loaded = None);
+                shared.stats.set_model_layers(0, 0);
                 take(&shared, job).fail(&shared, e);
                 continue;
             }
@@ -114,6 +116,7 @@ pub(crate) fn run(
         drop(session);
         drop(model);
         shared.stats.set_sequences(0);
+        shared.stats.set_model_layers(0, 0);
         shared.set_status(|s| s.loaded = None);
         match leave {
             Leave::Idle => {}
@@ -128,6 +131,52 @@ pub(crate) fn run(
             }
             Leave::Stop => return,
         }
+    }
+}
+
+/// Says once, at start, whether the configured `gpu_layers` can be honoured: a build
+/// without a GPU backend, or one that finds no GPU, keeps every layer on the CPU
+/// whatever is asked, and an operator who asked for offload must hear of it.
+fn report_gpu_offload(backend: &LlamaBackend, shared: &Shared) {
+    let supported = backend.supports_gpu_offload();
+    shared
+        .stats
+        .gpu_offload_supported
+        .store(supported, Ordering::Relaxed);
+    let asking: Vec<&str> = shared
+        .models
+        .iter()
+        .filter(|(_, m)| m.gpu_layers > 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if supported && asking.is_empty() {
+        tracing::info!("a GPU is available, but gpu_layers is 0: every layer stays on the CPU");
+    } else if supported {
+        tracing::info!(models = %asking.join(", "), "a GPU is available: offloading layers");
+    } else if !asking.is_empty() && !cfg!(feature = "cuda") {
+        tracing::warn!(
+            models = %asking.join(", "),
+            "gpu_layers is set, but this build of vps-infer has no GPU support: every \
+             layer stays on the CPU (build with `cargo build --release -p vps-infer \
+             --features cuda`)"
+        );
+    } else if !asking.is_empty() {
+        tracing::warn!(
+            models = %asking.join(", "),
+            "gpu_layers is set and this build has CUDA, but llama.cpp finds no GPU: \
+             every layer stays on the CPU (is NVIDIA's driver loaded, and are \
+             /dev/nvidia* visible to the service?)"
+        );
+    }
+}
+
+/// Layers llama.cpp puts on the GPU when `requested` are asked of a model with
+/// `layers` (its output layer included): none without a GPU, at most all of them.
+fn layers_on_gpu(offload_supported: bool, requested: u32, layers: u32) -> u32 {
+    if offload_supported {
+        requested.min(layers)
+    } else {
+        0
     }
 }
 
@@ -173,11 +222,17 @@ fn load(
     }
     shared.set_status(|s| s.loading = Some(name.to_string()));
     let started = Instant::now();
-    tracing::info!(model = %name, path = %config.path.display(), "loading model");
+    tracing::info!(
+        model = %name,
+        path = %config.path.display(),
+        gpu_layers = config.gpu_layers,
+        "loading model"
+    );
     // A load takes seconds: llama.cpp reports progress, and answering `false` ends
     // it early when the server is stopping.
     let stopping = shared.clone();
     let params = LlamaModelParams::default()
+        .with_n_gpu_layers(config.gpu_layers)
         .with_progress_callback(move |_| !stopping.stopping.load(Ordering::Relaxed));
     let result = LlamaModel::load_from_file(backend, &config.path, &params);
     let elapsed = started.elapsed();
@@ -193,7 +248,17 @@ fn load(
                 s.loaded = Some(name.to_string());
                 s.last_load_error = None;
             });
-            tracing::info!(model = %name, seconds = elapsed.as_secs_f64(), "model loaded");
+            // llama.cpp counts the output layer as one more than the model's blocks.
+            let layers = model.n_layer().saturating_add(1);
+            let offloaded =
+                layers_on_gpu(backend.supports_gpu_offload(), config.gpu_layers, layers);
+            shared.stats.set_model_layers(offloaded, layers);
+            tracing::info!(
+                model = %name,
+                seconds = elapsed.as_secs_f64(),
+                layers_on_gpu = %format!("{offloaded}/{layers}"),
+                "model loaded"
+            );
             Ok(model)
         }
         Err(e) => {
