@@ -78,14 +78,28 @@ fn a_session_carries_on_when_one_of_two_vps_infers_dies() {
     let again = per_backend(&stats(&edge), "generations");
     assert!(again[0] > after_b[0] && again[1] == after_b[1], "{again:?}");
 
-    // The first backend dies. Its document moves to the second at once: the editor
-    // sees answers, not errors.
+    // The first backend dies in the middle of a completion: that one may end in an
+    // error; after it the documents move to the second backend, and the editor sees
+    // answers, not errors.
+    let c = "file:///project/count.py";
+    let counting = "# Counting from one to two hundred: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,";
+    client.did_open(c, "python", 1, counting);
+    let id = client.send_request(
+        "textDocument/inlineCompletion",
+        inline_params(c, 0, counting.len() as u32, None),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while per_backend(&stats(&edge), "in_flight")[0] == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     first.service.kill();
-    for uri in [a, b, a] {
+    let interrupted = client.response(id);
+    eprintln!("the completion under way when its backend died: {interrupted:?}");
+    for uri in [a, b, c, a] {
         complete(&mut client, uri);
     }
     let moved = stats(&edge);
-    assert_eq!(per_backend(&moved, "documents"), [0, 2], "{moved}");
+    assert_eq!(per_backend(&moved, "documents"), [0, 3], "{moved}");
     assert!(per_backend(&moved, "failures")[0] >= 1, "{moved}");
     assert!(
         per_backend(&moved, "generations")[1] >= again[1] + 3,
@@ -103,7 +117,7 @@ fn a_session_carries_on_when_one_of_two_vps_infers_dies() {
     let (_, metrics) = blocking_http("GET", &format!("http://{}/metrics", edge.http), None)
         .unwrap_or_else(|err| panic!("{err}"));
     let second_name = format!("vps-infer@{}", second.service.addr());
-    let documents = format!("cerebrum_edge_backend_documents{{backend=\"{second_name}\"}} 2");
+    let documents = format!("cerebrum_edge_backend_documents{{backend=\"{second_name}\"}} 3");
     assert!(
         metrics.lines().any(|line| line == documents),
         "{documents} in\n{metrics}"

@@ -116,6 +116,18 @@ impl CircuitBreaker {
         self.changes.send_replace(state);
     }
 
+    /// Whether [`CircuitBreaker::admit`] would let a request through now: closed,
+    /// or open with its cooldown over (a probe may go), or half-open with no probe
+    /// out.
+    pub fn would_admit(&self) -> bool {
+        let now = self.clock.now();
+        match self.lock().state {
+            State::Closed { .. } => true,
+            State::Open { until } => now >= until,
+            State::HalfOpen { probing } => !probing,
+        }
+    }
+
     /// Asks to send one request. The returned permit records the outcome; dropping
     /// it without one (a cancelled request) counts as neither success nor failure.
     pub fn admit(self: &Arc<Self>) -> Result<BreakerPermit, BreakerOpen> {
@@ -315,11 +327,14 @@ mod tests {
             fail(&breaker);
         }
         clock.advance(Duration::from_millis(9_999));
+        assert!(!breaker.would_admit());
         assert!(breaker.admit().is_err());
         clock.advance(Duration::from_millis(1));
+        assert!(breaker.would_admit());
         let probe = breaker.admit().unwrap();
         assert!(probe.is_probe());
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(!breaker.would_admit());
         let second = breaker.admit().unwrap_err();
         assert!(second.reason.contains("probe"), "{second}");
         probe.succeeded();

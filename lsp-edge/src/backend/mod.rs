@@ -18,7 +18,7 @@ pub use client::{
     SseDecoder, StreamEvent, TokenStream, Usage,
 };
 
-use self::breaker::{BreakerState, CircuitBreaker, Clock};
+use self::breaker::{CircuitBreaker, Clock};
 use crate::config::{BackendConfig, BackendKind, BreakerConfig};
 
 /// One backend: its client and what has been learnt about its models.
@@ -57,9 +57,10 @@ impl Backend {
             || config.kind == BackendKind::Openai && wire::openai_fim_tokens(config).is_none()
     }
 
-    /// Whether its breaker refuses requests now.
+    /// Whether its breaker refuses requests now (once the cooldown is over it lets
+    /// a probe through, and the backend is a candidate again).
     fn refusing(&self) -> bool {
-        matches!(self.client.breaker().state(), BreakerState::Open { .. })
+        !self.client.breaker().would_admit()
     }
 }
 
@@ -220,7 +221,7 @@ impl Backends {
         let previous = self.homes().set(document, member);
         if let Some(previous) = previous.filter(|&previous| previous != member) {
             tracing::info!(
-                document = %crate::lsp::framing::shorten(document, 200),
+                document = %document.chars().take(200).collect::<String>(),
                 from = self.0.members[previous].client.name(),
                 to = self.0.members[member].client.name(),
                 "document moved to another backend"

@@ -82,9 +82,9 @@ pub struct EvalArgs {
     /// TOML configuration file (the same as `serve`'s).
     #[arg(long, env = "CEREBRUM_LSP_CONFIG")]
     pub config: Option<PathBuf>,
-    /// vps-infer's base URL (default http://127.0.0.1:9000); the key comes from
-    /// CEREBRUM_API_KEY.
-    #[arg(long)]
+    /// The backend, `URL` (a vps-infer; default http://127.0.0.1:9000) or `KIND=URL`
+    /// (see `lsp-edge serve --help`); the key comes from CEREBRUM_API_KEY.
+    #[arg(long, value_name = "[KIND=]URL")]
     pub backend: Option<String>,
     /// Print the cases and stop (no backend needed).
     #[arg(long)]

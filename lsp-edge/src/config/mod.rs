@@ -1122,17 +1122,19 @@ model = "qwen2.5-coder:1.5b"
 
     #[test]
     fn a_session_that_names_a_backend_uses_it_alone() {
-        let mut base = Config::default();
-        base.backends = vec![
-            BackendConfig {
-                url: "http://a:9000".into(),
-                ..BackendConfig::default()
-            },
-            BackendConfig {
-                url: "http://b:9000".into(),
-                ..BackendConfig::default()
-            },
-        ];
+        let mut base = Config {
+            backends: vec![
+                BackendConfig {
+                    url: "http://a:9000".into(),
+                    ..BackendConfig::default()
+                },
+                BackendConfig {
+                    url: "http://b:9000".into(),
+                    ..BackendConfig::default()
+                },
+            ],
+            ..Config::default()
+        };
         base.backend.api_key = Some(Secret::new("server-key"));
         let same = base
             .with_session_options(&json!({"completion": {"max_tokens": 9}}))

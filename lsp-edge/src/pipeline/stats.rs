@@ -479,6 +479,9 @@ pub fn prometheus_text(snapshot: &StatsSnapshot) -> String {
     out
 }
 
+/// A metric family whose samples' labels are built at run time.
+type LabelledFamily<'a> = (&'a str, &'a str, &'a str, Vec<(String, f64)>);
+
 /// The per-backend families, labelled `backend="NAME"`.
 fn backend_metrics(out: &mut String, backends: &[BackendStats]) {
     let labels: Vec<String> = backends
@@ -525,7 +528,7 @@ fn backend_metrics(out: &mut String, backends: &[BackendStats]) {
             |b| b.documents as f64,
         ),
     ];
-    let mut families: Vec<(&str, &str, &str, Vec<(String, f64)>)> = plain
+    let mut families: Vec<LabelledFamily> = plain
         .iter()
         .map(|&(name, kind, help, value)| (name, kind, help, samples(&value, "")))
         .collect();
