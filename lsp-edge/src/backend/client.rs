@@ -198,7 +198,7 @@ impl BackendClient {
             display_url: redact_url(config.url.trim_end_matches('/')),
             api_key: config.api_key.clone(),
             name: config.display_name(),
-            config: config.clone(),
+            config: wire::resolve(config),
             breaker,
             usage: Arc::default(),
         })
@@ -896,38 +896,39 @@ mod tests {
         assert!(parse_event("not json").is_err());
     }
 
+    fn api_error(status: u16, kind: &str, message: &str) -> BackendError {
+        BackendError::Api {
+            status,
+            kind: kind.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
     #[test]
     fn fim_refusals_are_recognised_and_are_not_failures() {
-        let err = BackendError::Api {
-            status: 400,
-            kind: "invalid_request_error".into(),
-            message: "model smollm2-135m has no FIM tokens".into(),
-            retry_after: None,
-        };
+        let err = api_error(
+            400,
+            "invalid_request_error",
+            "model smollm2-135m has no FIM tokens",
+        );
         assert!(err.is_fim_unsupported());
         assert!(!err.counts_as_failure());
-        let llama_server = BackendError::Api {
-            status: 501,
-            kind: "not_supported_error".into(),
-            message: "Infill is not supported by this model: prefix token is missing. ".into(),
-            retry_after: None,
-        };
+        let llama_server = api_error(
+            501,
+            "not_supported_error",
+            "Infill is not supported by this model: prefix token is missing. ",
+        );
         assert!(llama_server.is_fim_unsupported());
         assert!(!llama_server.counts_as_failure());
         assert!(!llama_server.worth_another_backend());
-        let other = BackendError::Api {
-            status: 400,
-            kind: "invalid_request_error".into(),
-            message: "max_tokens must be within 1..=4096".into(),
-            retry_after: None,
-        };
+        let other = api_error(
+            400,
+            "invalid_request_error",
+            "max_tokens must be within 1..=4096",
+        );
         assert!(!other.is_fim_unsupported());
-        let server = BackendError::Api {
-            status: 500,
-            kind: "server_error".into(),
-            message: "boom".into(),
-            retry_after: None,
-        };
+        let server = api_error(500, "server_error", "boom");
         assert!(server.counts_as_failure());
     }
 

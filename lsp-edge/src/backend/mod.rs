@@ -35,7 +35,7 @@ impl Backend {
         clock: Arc<dyn Clock>,
     ) -> Result<Backend, BackendError> {
         let client = BackendClient::new(config, CircuitBreaker::new(breaker, clock))?;
-        if config.kind == BackendKind::Openai && wire::openai_fim_tokens(config).is_none() {
+        if client.kind() == BackendKind::Openai && client.config().fim_tokens.is_none() {
             tracing::warn!(
                 backend = client.name(),
                 model = ?config.model,
@@ -54,7 +54,7 @@ impl Backend {
     pub fn lacks_fim(&self, model: Option<&str>) -> bool {
         let config = self.client.config();
         self.fim.lacks_fim(model)
-            || config.kind == BackendKind::Openai && wire::openai_fim_tokens(config).is_none()
+            || config.kind == BackendKind::Openai && config.fim_tokens.is_none()
     }
 
     /// Whether its breaker refuses requests now (once the cooldown is over it lets
@@ -127,8 +127,15 @@ impl Homes {
         previous
     }
 
-    fn count(&self, member: usize) -> usize {
-        self.by_document.values().filter(|&&m| m == member).count()
+    /// Documents at home on each of `members` members.
+    fn counts(&self, members: usize) -> Vec<usize> {
+        let mut counts = vec![0; members];
+        for &member in self.by_document.values() {
+            if let Some(count) = counts.get_mut(member) {
+                *count += 1;
+            }
+        }
+        counts
     }
 }
 
@@ -169,8 +176,7 @@ impl Backends {
 
     /// Documents at home on each backend, in [`Backends::members`]' order.
     pub fn documents(&self) -> Vec<usize> {
-        let homes = self.homes();
-        (0..self.0.members.len()).map(|m| homes.count(m)).collect()
+        self.homes().counts(self.0.members.len())
     }
 
     /// The backends to try for `document`, in order: its home while that one
@@ -183,31 +189,37 @@ impl Backends {
             return vec![(0, members[0].clone())];
         }
         let homes = self.homes();
+        let documents = homes.counts(members.len());
         let home = document
             .and_then(|document| homes.by_document.get(document).copied())
             .filter(|&m| !members[m].refusing());
-        let mut order: Vec<usize> = (0..members.len()).filter(|&m| Some(m) != home).collect();
-        let load = |m: usize| {
-            let backend = &members[m];
-            let config = backend.client.config();
-            let in_flight = backend.client.usage().in_flight();
-            let weight = f64::from(config.weight.max(1));
-            (
-                backend.refusing(),
-                in_flight >= config.max_in_flight,
-                in_flight as f64 / weight,
-                homes.count(m) as f64 / weight,
-            )
-        };
-        order.sort_by(|&a, &b| {
-            let (a_load, b_load) = (load(a), load(b));
+        drop(homes);
+        // Each member's load once, then the order: refusing last, then full, then
+        // the least busy for its weight.
+        let mut others: Vec<(usize, (bool, bool, f64, f64))> = (0..members.len())
+            .filter(|&m| Some(m) != home)
+            .map(|m| {
+                let backend = &members[m];
+                let config = backend.client.config();
+                let in_flight = backend.client.usage().in_flight();
+                let weight = f64::from(config.weight.max(1));
+                let load = (
+                    backend.refusing(),
+                    in_flight >= config.max_in_flight,
+                    in_flight as f64 / weight,
+                    documents[m] as f64 / weight,
+                );
+                (m, load)
+            })
+            .collect();
+        others.sort_by(|(a, a_load), (b, b_load)| {
             a_load
-                .partial_cmp(&b_load)
+                .partial_cmp(b_load)
                 .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
+                .then(a.cmp(b))
         });
         home.into_iter()
-            .chain(order)
+            .chain(others.into_iter().map(|(m, _)| m))
             .map(|m| (m, members[m].clone()))
             .collect()
     }

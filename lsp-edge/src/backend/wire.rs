@@ -15,54 +15,48 @@ use serde_json::{json, Map, Value};
 use super::client::{BackendError, GenerationStats, InferenceRequest, StreamEvent};
 use crate::config::{BackendConfig, BackendKind, FimOrder, FimTokens};
 
+/// Well-known code models' FIM tokens: the words the model's name contains, then
+/// prefix, suffix, middle and the repository-level file separator.
+const KNOWN_FIM_TOKENS: &[(&[&str], [&str; 3], Option<&str>)] = &[
+    (
+        &["qwen", "coder"],
+        ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+        Some("<|file_sep|>"),
+    ),
+    (
+        &["codegemma"],
+        ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+        Some("<|file_separator|>"),
+    ),
+    (
+        &["starcoder"],
+        ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
+        Some("<file_sep>"),
+    ),
+    (
+        &["deepseek", "coder"],
+        ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
+        None,
+    ),
+    (&["codellama"], ["<PRE> ", " <SUF>", " <MID>"], None),
+    (&["code-llama"], ["<PRE> ", " <SUF>", " <MID>"], None),
+];
+
 impl FimTokens {
     /// The FIM tokens of well-known code models, from the model's name as an
     /// OpenAI-compatible server reports it (`Qwen/Qwen2.5-Coder-1.5B`,
     /// `bigcode/starcoder2-3b`, `codellama:7b-code`, ...).
     pub fn for_model(model: &str) -> Option<FimTokens> {
         let model = model.to_ascii_lowercase();
-        let tokens = |prefix: &str, suffix: &str, middle: &str, file_sep: Option<&str>| FimTokens {
-            prefix: prefix.into(),
-            suffix: suffix.into(),
-            middle: middle.into(),
+        let (_, [prefix, suffix, middle], file_sep) = KNOWN_FIM_TOKENS
+            .iter()
+            .find(|(words, ..)| words.iter().all(|word| model.contains(word)))?;
+        Some(FimTokens {
+            prefix: (*prefix).into(),
+            suffix: (*suffix).into(),
+            middle: (*middle).into(),
             file_sep: file_sep.map(Into::into),
-        };
-        if model.contains("qwen") && model.contains("coder") {
-            return Some(tokens(
-                "<|fim_prefix|>",
-                "<|fim_suffix|>",
-                "<|fim_middle|>",
-                Some("<|file_sep|>"),
-            ));
-        }
-        if model.contains("codegemma") {
-            return Some(tokens(
-                "<|fim_prefix|>",
-                "<|fim_suffix|>",
-                "<|fim_middle|>",
-                Some("<|file_separator|>"),
-            ));
-        }
-        if model.contains("starcoder") {
-            return Some(tokens(
-                "<fim_prefix>",
-                "<fim_suffix>",
-                "<fim_middle>",
-                Some("<file_sep>"),
-            ));
-        }
-        if model.contains("deepseek") && model.contains("coder") {
-            return Some(tokens(
-                "<｜fim▁begin｜>",
-                "<｜fim▁hole｜>",
-                "<｜fim▁end｜>",
-                None,
-            ));
-        }
-        if model.contains("codellama") || model.contains("code-llama") {
-            return Some(tokens("<PRE> ", " <SUF>", " <MID>", None));
-        }
-        None
+        })
     }
 }
 
@@ -89,15 +83,19 @@ fn model_for(config: &BackendConfig, request: &InferenceRequest) -> Option<Strin
     config.model.clone().or_else(|| request.model.clone())
 }
 
-/// The FIM tokens an `openai` backend's prompts use, if they are known.
-pub fn openai_fim_tokens(config: &BackendConfig) -> Option<FimTokens> {
+/// `config` with what its kind needs worked out once, before any request: an
+/// `openai` backend's FIM tokens, from `fim_tokens` or else its model's name (`None`
+/// when neither tells them).
+pub fn resolve(config: &BackendConfig) -> BackendConfig {
+    let mut config = config.clone();
+    if config.kind == BackendKind::Openai && config.fim_tokens.is_none() {
+        config.fim_tokens = config.model.as_deref().and_then(FimTokens::for_model);
+    }
     config
-        .fim_tokens
-        .clone()
-        .or_else(|| config.model.as_deref().and_then(FimTokens::for_model))
 }
 
-/// The request for `config`'s kind. `request.suffix` makes it fill-in-the-middle.
+/// The request for `config`'s kind ([`resolve`]d). `request.suffix` makes it
+/// fill-in-the-middle.
 pub fn build(
     config: &BackendConfig,
     request: &InferenceRequest,
@@ -137,13 +135,13 @@ pub fn build(
         BackendKind::Openai => {
             let prompt = match &request.suffix {
                 Some(suffix) => {
-                    let tokens = openai_fim_tokens(config).ok_or_else(|| {
+                    let tokens = config.fim_tokens.as_ref().ok_or_else(|| {
                         BackendError::Protocol(format!(
                             "no FIM tokens are known for model {:?}; set fim_tokens",
                             config.model
                         ))
                     })?;
-                    openai_fim_prompt(&tokens, request, suffix)
+                    openai_fim_prompt(tokens, request, suffix)
                 }
                 None => request.prompt.clone(),
             };
@@ -524,12 +522,12 @@ mod tests {
     use crate::backend::ExtraChunk;
 
     fn backend(kind: BackendKind, url: &str, model: Option<&str>) -> BackendConfig {
-        BackendConfig {
+        resolve(&BackendConfig {
             kind,
             url: url.into(),
             model: model.map(Into::into),
             ..BackendConfig::default()
-        }
+        })
     }
 
     fn fim_request() -> InferenceRequest {
@@ -599,11 +597,11 @@ mod tests {
         let plain = backend(BackendKind::Openai, "http://a:8000", Some("starcoder2-3b"));
         assert_eq!(openai_path(&plain, "completions"), "/v1/completions");
         assert_eq!(health_path(&plain), "/v1/models");
-        let tokens = openai_fim_tokens(&plain).unwrap();
+        let tokens = plain.fim_tokens.as_ref().unwrap();
         assert_eq!(tokens.prefix, "<fim_prefix>");
         // An unknown model has no FIM form until configured.
         let mut unknown = backend(BackendKind::Openai, "http://a:8000", Some("my-model"));
-        assert_eq!(openai_fim_tokens(&unknown), None);
+        assert_eq!(unknown.fim_tokens, None);
         let err = build(&unknown, &fim_request()).unwrap_err();
         assert!(err.to_string().contains("set fim_tokens"), "{err}");
         unknown.fim_tokens = Some(FimTokens {

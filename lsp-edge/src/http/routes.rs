@@ -421,26 +421,19 @@ pub async fn refactor(
 /// "ok" while every backend is.
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let edge = app.edge();
-    let documents = edge.backends.documents();
+    let members = edge.backends.members();
     let probes =
-        edge.backends
-            .members()
+        members
             .iter()
-            .zip(documents)
-            .map(|(backend, documents)| async move {
+            .zip(backend_stats(&edge.backends))
+            .map(|(backend, stats)| async move {
                 let client = &backend.client;
                 let breaker = client.breaker().state();
                 let probe = client.health().await;
                 let reachable = probe.is_ok();
-                let mut json = json!({
-                    "name": client.name(),
-                    "kind": client.kind().name(),
-                    "url": client.display_url(),
-                    "reachable": reachable,
-                    "breaker": breaker_json(&breaker),
-                    "in_flight": client.usage().in_flight(),
-                    "documents": documents,
-                });
+                let mut json = serde_json::to_value(&stats).unwrap_or(Value::Null);
+                json["reachable"] = json!(reachable);
+                json["breaker"] = breaker_json(&breaker);
                 match probe {
                     Ok(health) => {
                         json["status"] = json!(health.status);

@@ -250,13 +250,12 @@ impl Session {
     /// lifetime. With `several` backends, an open breaker moves the backend's
     /// documents to the others rather than pausing completions.
     fn watch_breaker(&self, backend: &BackendClient, several: bool) {
-        let (what, consequence) = if several {
-            (
-                format!("backend {}", backend.name()),
-                "its documents go to the other backends meanwhile".to_owned(),
-            )
+        // With several backends, an open breaker moves documents rather than
+        // pausing completions.
+        let (what, moves) = if several {
+            (format!("backend {}", backend.name()), true)
         } else {
-            (backend.kind().to_string(), String::new())
+            (backend.kind().to_string(), false)
         };
         let mut changes = backend.breaker().subscribe();
         changes.borrow_and_update();
@@ -273,10 +272,10 @@ impl Session {
                         let state = changes.borrow_and_update().clone();
                         match state {
                             BreakerState::Open { cooldown, reason } => {
-                                let consequence = if consequence.is_empty() {
-                                    format!("completions pause for {}s", cooldown.as_secs())
+                                let consequence = if moves {
+                                    "its documents go to the other backends meanwhile".to_owned()
                                 } else {
-                                    consequence.clone()
+                                    format!("completions pause for {}s", cooldown.as_secs())
                                 };
                                 let message = format!(
                                     "Cerebrum: {what} is unavailable ({reason}); {consequence}."
@@ -447,6 +446,7 @@ impl Session {
         let (generated, ()) = tokio::join!(generation, forward);
         let generated = generated?;
         tracing::debug!(
+            backend = %generated.backend,
             fim = generated.fim,
             cut_early = generated.cut_early,
             deadline_hit = generated.deadline_hit,
