@@ -27,8 +27,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Keystrokes to replay for the reuse-fidelity check: each greedy completion
-    /// made with the cache reused (runs shifted) is compared with a cold evaluation
-    /// of the same prompt on a second engine. 0 skips it.
+    /// made with the cache reused as configured is compared with a cold evaluation
+    /// of the same prompt (the model unloaded and loaded again). 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub fidelity: usize,
     /// Also measure concurrent streams (`--parallel` must be at least 2).
@@ -83,8 +83,13 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let mut edit = Vec::new();
     let mut fim = true;
     for run in 0..args.runs {
-        // A different first line makes the whole prompt new to the cache.
-        let cold_prefix = format!("# bench run {run}\n{prefix}");
+        // A different head makes the whole prompt new to the cache: long enough that
+        // the text after it is past the drift bound of cache reuse, so it is not
+        // shifted into place either.
+        let head: Vec<String> = (0..64u64)
+            .map(|i| ((i + 1) * 7_919 + run as u64 * 104_729).to_string())
+            .collect();
+        let cold_prefix = format!("# bench run {run}: {}\n{prefix}", head.join(" "));
         let edited_prefix = format!("{cold_prefix}x");
         let (c, used_fim) =
             complete(&engine, &model, &cold_prefix, suffix, fim, args.max_tokens).await?;
@@ -145,8 +150,8 @@ pub async fn run(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
 
 /// Replays typing (a block of lines typed back one character at a time, Enter
 /// included) with the cache reused as in production, then evaluates each of those
-/// prompts cold (after an unrelated one-token prompt, so that nothing can be reused)
-/// and compares the greedy completions.
+/// prompts cold (after unloading the model, so that nothing can be reused) and
+/// compares the greedy completions.
 async fn fidelity(
     engine: &Engine,
     model: &str,
@@ -175,8 +180,9 @@ async fn fidelity(
     let mut reused = Vec::new();
     let (mut evaluated, mut shifted) = (0, 0);
     // Prime the cache with the first prompt, evaluated cold, so that every measured
-    // one reuses it and nothing from the runs above.
-    engine::collect(engine.generate(request(model, "\u{1}", None, 1))?).await?;
+    // one reuses it and nothing from the runs above (unloading empties every
+    // sequence's cache; the next request loads the model again).
+    engine.unload().await?;
     complete(engine, model, &prompts[0], after, fim, max_tokens).await?;
     for prompt in &prompts {
         let (w, _) = complete(engine, model, prompt, after, fim, max_tokens).await?;
@@ -186,7 +192,7 @@ async fn fidelity(
     }
     let mut differing = Vec::new();
     for (n, (prompt, w)) in prompts.iter().zip(&reused).enumerate() {
-        engine::collect(engine.generate(request(model, "\u{1}", None, 1))?).await?;
+        engine.unload().await?;
         let (c, _) = complete(engine, model, prompt, after, fim, max_tokens).await?;
         if *w != c.text {
             differing.push((n, w.clone(), c.text));

@@ -41,6 +41,9 @@ pub struct ModelConfig {
     /// Most drift a reused run may reach: tokens inserted and removed before it since
     /// it was last evaluated, summed over reuses. Past it the run is evaluated again.
     pub cache_reuse_max_drift: u32,
+    /// Tokens right after each edit evaluated afresh although the cache holds them
+    /// (`reuse::Policy::fresh`).
+    pub cache_reuse_fresh: u32,
     /// Layers whose weights go to the GPU (llama.cpp's `--n-gpu-layers`): 0 keeps the
     /// model on the CPU; more than the model has (999) offloads all of it. Without a
     /// GPU build (`--features cuda`) or a GPU, every layer stays on the CPU.
@@ -52,12 +55,16 @@ pub struct ModelConfig {
 /// change greedy answers (`vps-infer bench --fidelity`).
 const DEFAULT_CACHE_REUSE_MAX_DRIFT: u32 = 32;
 
-/// Off by default, as in llama.cpp's server: shifted runs cut a keystroke to a few
-/// tokens, but the keys and values of a fill-in-the-middle suffix carry the text that
-/// preceded it when it was evaluated, and greedy answers then follow the old text
-/// (`vps-infer bench --fidelity`: 2 of 24 identical to a cold evaluation, against 9 of
-/// 12 with the common prefix alone). 16 is a good value for those who accept that.
-const DEFAULT_CACHE_REUSE: u32 = 0;
+/// On: a keystroke or an Enter then costs the tokens typed and the fresh window after
+/// them, not everything after the cursor (docs/benchmarks.md, "Typing latency").
+const DEFAULT_CACHE_REUSE: u32 = 16;
+
+/// The tokens next to an edit: after a keystroke, the start of the suffix. Shifted
+/// whole, a fill-in-the-middle suffix's keys and values still say where the cursor
+/// was, and greedy answers follow the old text (`lsp-edge eval --after-enter`: exact
+/// match 0.042 against 0.333); with its first 8 tokens evaluated again, 48 of 48
+/// answers are those of the common prefix alone (docs/benchmarks.md).
+const DEFAULT_CACHE_REUSE_FRESH: u32 = 8;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GuardConfig {
@@ -80,6 +87,7 @@ pub struct FileConfig {
     pub batch_size: Option<u32>,
     pub cache_reuse: Option<u32>,
     pub cache_reuse_max_drift: Option<u32>,
+    pub cache_reuse_fresh: Option<u32>,
     pub gpu_layers: Option<u32>,
     pub idle_unload_secs: Option<u64>,
     pub queue_size: Option<usize>,
@@ -190,6 +198,13 @@ impl Config {
             file_cfg.cache_reuse_max_drift,
         )?
         .unwrap_or(DEFAULT_CACHE_REUSE_MAX_DRIFT);
+        let cache_reuse_fresh = pick_parsed(
+            "cache_reuse_fresh",
+            None,
+            env("CEREBRUM_CACHE_REUSE_FRESH"),
+            file_cfg.cache_reuse_fresh,
+        )?
+        .unwrap_or(DEFAULT_CACHE_REUSE_FRESH);
         // CPU only unless asked: llama.cpp's own default offloads every layer, which
         // a GPU build would then do on any machine with a GPU, wanted or not.
         let gpu_layers = pick_parsed(
@@ -214,6 +229,7 @@ impl Config {
                     batch_size,
                     cache_reuse,
                     cache_reuse_max_drift,
+                    cache_reuse_fresh,
                     gpu_layers: m.gpu_layers.unwrap_or(gpu_layers),
                 },
             );
@@ -237,6 +253,7 @@ impl Config {
                     batch_size,
                     cache_reuse,
                     cache_reuse_max_drift,
+                    cache_reuse_fresh,
                     gpu_layers,
                 },
             );

@@ -39,7 +39,7 @@ struct Flags {
     ctx_size: Option<u32>,
     /// Shortest run of cached tokens shifted into place past the first difference
     /// from the cache, like llama.cpp's --cache-reuse; 0 reuses only the common
-    /// prefix [default: 0, off].
+    /// prefix [default: 16].
     #[arg(long, global = true)]
     cache_reuse: Option<u32>,
     /// Requests generated at once, each in its own sequence with its own cached

@@ -70,6 +70,12 @@ pub struct EvalArgs {
     /// TOML file like `serve`'s (its `[context]` section matters). Repeatable.
     #[arg(long = "variant", value_name = "NAME=FILE")]
     pub variants: Vec<String>,
+    /// Ask for each case as an editor does right after Enter: first the document as it
+    /// was a keystroke before (the cursor at the end of the line above, the hole's
+    /// line not there yet), then the case, so that the backend's cache holds the
+    /// earlier prompt. Measures what cache reuse does to answers; engine runs only.
+    #[arg(long)]
+    pub after_enter: bool,
     /// Leave out the engine with the main configuration (compare variants only).
     #[arg(long)]
     pub no_engine: bool,
@@ -313,6 +319,15 @@ pub fn make_cases(
     Ok(cases)
 }
 
+/// The text before the cursor a keystroke before the case, when the user was at the end
+/// of the line above, about to press Enter: the case's prompt less its last line break
+/// and indentation. The suffix is the same (it starts with the hole line's own break).
+/// Also returns what Enter typed.
+pub fn before_enter(case: &Case) -> (&str, &str) {
+    let at = case.prompt.rfind('\n').unwrap_or(0);
+    case.prompt.split_at(at)
+}
+
 /// The first line of an answer, trailing whitespace trimmed.
 pub fn first_line(text: &str) -> &str {
     text.split('\n').next().unwrap_or("").trim_end()
@@ -475,20 +490,27 @@ async fn run_engine(
     case: &Case,
     args: &EvalArgs,
 ) -> anyhow::Result<Outcome> {
-    let started = Instant::now();
-    let request = CompletionRequest {
-        prompt: case.prompt.clone(),
-        suffix: Some(case.suffix.clone()),
+    let request = |prompt: &str, suffix: &str, max_tokens| CompletionRequest {
+        prompt: prompt.to_owned(),
+        suffix: Some(suffix.to_owned()),
         language: Language::from_name(case.language),
         // No path: each case stands alone (a kept document would carry one case's
         // chosen chunks into the next case from the same file).
         path: None,
         instruction: None,
         model: args.model.clone(),
-        max_tokens: args.max_tokens,
+        max_tokens,
         temperature: 0.0,
         stop: vec!["\n".into()],
     };
+    if args.after_enter {
+        let (before, _) = before_enter(case);
+        let earlier = request(before, &case.suffix, 1);
+        let prepared = completer.prepare(earlier, Instant::now()).await?;
+        completer.start(prepared).await?.collect().await?;
+    }
+    let started = Instant::now();
+    let request = request(&case.prompt, &case.suffix, args.max_tokens);
     let prepared = completer.prepare(request, started).await?;
     let chunks = prepared.chunking().selected;
     let summary = completer.start(prepared).await?.collect().await?;
@@ -912,6 +934,12 @@ mod tests {
                 format!("{}{}{}", case.prompt, case.expected, case.suffix),
                 body
             );
+            // A keystroke earlier the hole's line was not there yet.
+            let (before, typed) = before_enter(case);
+            assert!(["\n", "\n    "].contains(&typed), "{typed:?}");
+            let mut lines: Vec<&str> = body.split_inclusive('\n').collect();
+            lines.remove(case.line - 1);
+            assert_eq!(format!("{before}{}", case.suffix), lines.concat());
         }
     }
 

@@ -135,20 +135,34 @@ impl Plan {
     }
 }
 
+/// What a prompt may reuse past the first difference from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Shortest run worth shifting; 0 keeps only the common prefix.
+    pub min_run: usize,
+    /// Most drift a reused token may reach.
+    pub max_drift: u32,
+    /// Tokens right after each edit that are evaluated afresh although the cache holds
+    /// them: the text next to an edit (the start of the suffix after a keystroke) is
+    /// what the model reads most closely, and its cached keys and values still
+    /// describe the text before the edit.
+    pub fresh: usize,
+}
+
 /// At most this many earlier occurrences of a k-gram are tried at each position, so
 /// repetitive text (indentation, blank lines) cannot make planning quadratic.
 const MAX_CANDIDATES: usize = 32;
 
-/// Plans the reuse of `cache` for `prompt`: the common prefix, then, when `min_run` is
-/// not 0, each later run of at least `min_run` tokens that appears in the cache after
-/// the previous one (greedy, longest first) and whose tokens' drift stays within
-/// `max_drift`.
-pub fn plan<T: Copy + Eq + Hash>(
-    cache: &Cached<T>,
-    prompt: &[T],
-    min_run: usize,
-    max_drift: u32,
-) -> Plan {
+/// Plans the reuse of `cache` for `prompt`: the common prefix, then, when
+/// `policy.min_run` is not 0, each later run of at least `min_run` tokens that appears
+/// in the cache after the previous one (greedy, longest first), whose tokens' drift
+/// stays within `max_drift`, less its first `fresh` tokens.
+pub fn plan<T: Copy + Eq + Hash>(cache: &Cached<T>, prompt: &[T], policy: &Policy) -> Plan {
+    let Policy {
+        min_run,
+        max_drift,
+        fresh,
+    } = *policy;
     let cached = cache.tokens();
     let drift = cache.drift();
     let mut prefix = cached
@@ -178,6 +192,8 @@ pub fn plan<T: Copy + Eq + Hash>(
     let mut next_free = prefix;
     let mut reused = prefix;
     let mut p = prefix;
+    // Unchanged tokens evaluated again for that: neither inserted nor removed.
+    let mut refreshed = 0;
     while p + min_run <= end {
         let mut best: Option<Run> = None;
         if let Some(starts) = index.get(&prompt[p..p + k]) {
@@ -185,7 +201,8 @@ pub fn plan<T: Copy + Eq + Hash>(
             for &c in starts[first..].iter().take(MAX_CANDIDATES) {
                 // Inserted before the run (prompt tokens not reused) plus removed
                 // before it (cached tokens skipped), counted from the prefix.
-                let edit = u32::try_from((p - reused) + (c - reused)).unwrap_or(u32::MAX);
+                let edit = u32::try_from((p - reused - refreshed) + (c - reused - refreshed))
+                    .unwrap_or(u32::MAX);
                 let len = cached[c..]
                     .iter()
                     .zip(&drift[c..])
@@ -202,12 +219,23 @@ pub fn plan<T: Copy + Eq + Hash>(
                 }
             }
         }
+        let p_found = p;
+        // Every run follows an edit: its first tokens are evaluated again. The edit
+        // before the rest is still what it was.
+        let best = best.map(|mut run| {
+            let cut = fresh.min(run.len);
+            run.from += cut;
+            run.to += cut;
+            run.len -= cut;
+            run
+        });
         match best {
             Some(run) if run.len >= min_run => {
                 plan.runs.push(run);
-                p += run.len;
+                p = run.to + run.len;
                 next_free = run.from + run.len;
                 reused += run.len;
+                refreshed += run.to - p_found;
             }
             _ => p += 1,
         }
@@ -221,6 +249,14 @@ mod tests {
 
     fn chars(s: &str) -> Vec<char> {
         s.chars().collect()
+    }
+
+    fn runs(min_run: usize, max_drift: u32) -> Policy {
+        Policy {
+            min_run,
+            max_drift,
+            fresh: 0,
+        }
     }
 
     fn fresh(tokens: &[char]) -> Cached<char> {
@@ -253,7 +289,7 @@ mod tests {
     fn typing_before_the_suffix_keeps_the_suffix_shifted_right() {
         let cached = chars("PRE def f(x):\n    return x SUF\n\ndef g():\n    pass\nMID");
         let prompt = chars("PRE def f(x):\n    return x + SUF\n\ndef g():\n    pass\nMID");
-        let plan = plan(&fresh(&cached), &prompt, 8, u32::MAX);
+        let plan = plan(&fresh(&cached), &prompt, &runs(8, u32::MAX));
         check_consistent(&cached, &prompt, &plan);
         assert_eq!(plan.prefix, 27);
         assert_eq!(plan.runs.len(), 1);
@@ -266,7 +302,7 @@ mod tests {
     fn a_window_that_slid_by_a_line_keeps_the_rest_shifted_left() {
         let cached = chars("<ctx>line one\nline two\nline three\nline four\n|suffix text here|");
         let prompt = chars("<ctx>line two\nline three\nline four\nline five\n|suffix text here|");
-        let plan = plan(&fresh(&cached), &prompt, 8, u32::MAX);
+        let plan = plan(&fresh(&cached), &prompt, &runs(8, u32::MAX));
         check_consistent(&cached, &prompt, &plan);
         assert!(plan.runs.iter().any(|r| r.delta() < 0), "{plan:?}");
         assert!(plan.runs.iter().any(|r| r.delta() > 0), "{plan:?}");
@@ -282,7 +318,7 @@ mod tests {
         let mut reevaluated = Vec::new();
         for n in 1..=12 {
             let prompt = chars(&format!("def f():{}{suffix}", "x".repeat(n)));
-            let plan = plan(&cache, &prompt, 8, 6);
+            let plan = plan(&cache, &prompt, &runs(8, 6));
             let mut next = Cached::default();
             next.extend_evaluated(&prompt[..plan.prefix]);
             let mut at = plan.prefix;
@@ -306,14 +342,19 @@ mod tests {
         let block = "0123456789abcdefghijklmnopqrstuv";
         let cached = chars(&format!("{}{block}", "other file ".repeat(8)));
         let prompt = chars(&format!("mine{block}!"));
-        assert!(plan(&fresh(&cached), &prompt, 8, 32).runs.is_empty());
-        assert_eq!(plan(&fresh(&cached), &prompt, 8, u32::MAX).runs.len(), 1);
+        assert!(plan(&fresh(&cached), &prompt, &runs(8, 32)).runs.is_empty());
+        assert_eq!(
+            plan(&fresh(&cached), &prompt, &runs(8, u32::MAX))
+                .runs
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn an_identical_prompt_evaluates_only_its_last_token() {
         let cached = chars("the same prompt twice");
-        let plan = plan(&fresh(&cached), &cached, 8, u32::MAX);
+        let plan = plan(&fresh(&cached), &cached, &runs(8, u32::MAX));
         assert_eq!(plan.prefix, cached.len() - 1);
         assert!(plan.runs.is_empty());
     }
@@ -322,7 +363,7 @@ mod tests {
     fn min_run_zero_is_the_plain_common_prefix() {
         let cached = chars("abcdefgh 0123456789abcdef");
         let prompt = chars("abcdefgh X0123456789abcdef");
-        let plan = plan(&fresh(&cached), &prompt, 0, u32::MAX);
+        let plan = plan(&fresh(&cached), &prompt, &runs(0, u32::MAX));
         assert_eq!(plan.prefix, 9);
         assert!(plan.runs.is_empty());
     }
@@ -331,7 +372,7 @@ mod tests {
     fn short_runs_are_evaluated_again() {
         let cached = chars("head:abc|tail");
         let prompt = chars("head:XYZabc|tail!");
-        let plan = plan(&fresh(&cached), &prompt, 16, u32::MAX);
+        let plan = plan(&fresh(&cached), &prompt, &runs(16, u32::MAX));
         assert!(plan.runs.is_empty());
         assert_eq!(plan.reused(), 5);
     }
@@ -342,7 +383,7 @@ mod tests {
         let block = "0123456789abcdefghij";
         let cached = chars(&format!("S{block}E"));
         let prompt = chars(&format!("T{block}{block}E"));
-        let plan = plan(&fresh(&cached), &prompt, 8, u32::MAX);
+        let plan = plan(&fresh(&cached), &prompt, &runs(8, u32::MAX));
         check_consistent(&cached, &prompt, &plan);
         assert_eq!(plan.runs.len(), 1);
     }
@@ -351,8 +392,35 @@ mod tests {
     fn repetitive_text_plans_quickly_and_consistently() {
         let cached: Vec<char> = " ".repeat(5000).chars().chain("x".chars()).collect();
         let prompt: Vec<char> = "y".chars().chain(" ".repeat(5000).chars()).collect();
-        let plan = plan(&fresh(&cached), &prompt, 32, u32::MAX);
+        let plan = plan(&fresh(&cached), &prompt, &runs(32, u32::MAX));
         check_consistent(&cached, &prompt, &plan);
         assert_eq!(plan.reused(), 4999);
+    }
+
+    #[test]
+    fn the_tokens_next_to_an_edit_are_evaluated_afresh() {
+        let cached = chars("PRE def f(x):\n    return x SUF\n\ndef g():\n    pass\nMID");
+        let prompt = chars("PRE def f(x):\n    return x + SUF\n\ndef g():\n    pass\nMID");
+        let policy = Policy {
+            fresh: 6,
+            ..runs(8, 4)
+        };
+        let typed = plan(&fresh(&cached), &prompt, &policy);
+        check_consistent(&cached, &prompt, &typed);
+        assert_eq!(typed.runs.len(), 1);
+        // "+ " typed, then "SUF\n\n" evaluated again next to it.
+        assert_eq!(typed.runs[0].to, 27 + 2 + 6);
+        assert_eq!(typed.runs[0].delta(), 2);
+        // The re-evaluated tokens are no edit: the run's drift is the two typed.
+        assert_eq!(typed.runs[0].edit, 2);
+        assert_eq!(prompt.len() - typed.reused(), 2 + 6 + 1);
+        // Nothing to shift past the window: the prefix alone.
+        let short = chars("PRE def f(x):\n    return x + SUF\n\nMID");
+        let cached = chars("PRE def f(x):\n    return x SUF\n\nMID");
+        let policy = Policy {
+            fresh: 8,
+            ..runs(4, 4)
+        };
+        assert!(plan(&fresh(&cached), &short, &policy).runs.is_empty());
     }
 }

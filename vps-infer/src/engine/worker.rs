@@ -292,11 +292,8 @@ struct Session<'m> {
     micro_batch: usize,
     /// Tokens one sequence may hold: the configured context size.
     n_ctx_seq: usize,
-    /// Shortest run of cached tokens worth shifting past the first difference; 0
-    /// keeps only the common prefix.
-    cache_reuse: usize,
-    /// Most drift a reused run may reach (`reuse::plan`).
-    cache_reuse_max_drift: u32,
+    /// What a prompt may reuse past the first difference from the cache.
+    reuse: reuse::Policy,
     kv_bytes: u64,
     /// Counts arrivals and ends, to order jobs and find the least recently used slot.
     clock: u64,
@@ -407,8 +404,11 @@ impl<'m> Session<'m> {
             // A few tens of milliseconds of prompt on a small CPU.
             micro_batch: (batch_size / 8).max(16),
             n_ctx_seq: n_ctx_seq as usize,
-            cache_reuse: config.cache_reuse as usize,
-            cache_reuse_max_drift: config.cache_reuse_max_drift,
+            reuse: reuse::Policy {
+                min_run: config.cache_reuse as usize,
+                max_drift: config.cache_reuse_max_drift,
+                fresh: config.cache_reuse_fresh as usize,
+            },
             kv_bytes: kv_per_token * u64::from(n_ctx),
             clock: 0,
         })
@@ -961,12 +961,7 @@ impl<'m> Session<'m> {
     fn arrange_cache(&mut self, i: usize, tokens: &[LlamaToken]) -> (Plan, Cached<LlamaToken>) {
         // A request that failed half-way may have left runs parked.
         self.drop_parked();
-        let plan = reuse::plan(
-            &self.slots[i].cached,
-            tokens,
-            self.cache_reuse,
-            self.cache_reuse_max_drift,
-        );
+        let plan = reuse::plan(&self.slots[i].cached, tokens, &self.reuse);
         if plan.runs.is_empty() {
             self.truncate_cache(i, plan.prefix);
             let plan = Plan {
