@@ -219,23 +219,18 @@ pub fn plan<T: Copy + Eq + Hash>(cache: &Cached<T>, prompt: &[T], policy: &Polic
                 }
             }
         }
-        let p_found = p;
-        // Every run follows an edit: its first tokens are evaluated again. The edit
-        // before the rest is still what it was.
-        let best = best.map(|mut run| {
-            let cut = fresh.min(run.len);
-            run.from += cut;
-            run.to += cut;
-            run.len -= cut;
-            run
-        });
         match best {
-            Some(run) if run.len >= min_run => {
+            Some(mut run) if run.len >= min_run + fresh => {
+                // Every run follows an edit: its first tokens are evaluated again. The
+                // edit before the rest is still what it was.
+                run.from += fresh;
+                run.to += fresh;
+                run.len -= fresh;
                 plan.runs.push(run);
                 p = run.to + run.len;
                 next_free = run.from + run.len;
                 reused += run.len;
-                refreshed += run.to - p_found;
+                refreshed += fresh;
             }
             _ => p += 1,
         }
