@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
 
+use crate::engine::reuse;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -34,16 +36,13 @@ pub struct ModelConfig {
     pub ctx_size: u32,
     pub threads: u32,
     pub batch_size: u32,
-    /// Shortest run of cached tokens that is shifted into place instead of evaluated
-    /// again, past the first difference from the cache (llama.cpp's `--cache-reuse`);
-    /// 0 keeps only the common prefix.
-    pub cache_reuse: u32,
-    /// Most drift a reused run may reach: tokens inserted and removed before it since
-    /// it was last evaluated, summed over reuses. Past it the run is evaluated again.
-    pub cache_reuse_max_drift: u32,
-    /// Tokens right after each edit evaluated afresh although the cache holds them
-    /// (`reuse::Policy::fresh`).
-    pub cache_reuse_fresh: u32,
+    /// What a prompt may reuse of the cache past the first difference:
+    /// `cache_reuse` (llama.cpp's `--cache-reuse`, the shortest run shifted into
+    /// place; 0 keeps only the common prefix), `cache_reuse_max_drift` (tokens
+    /// inserted and removed before a run since it was evaluated, summed over reuses;
+    /// past it the run is evaluated again) and `cache_reuse_fresh` (tokens right
+    /// after each edit evaluated afresh).
+    pub reuse: reuse::Policy,
     /// Layers whose weights go to the GPU (llama.cpp's `--n-gpu-layers`): 0 keeps the
     /// model on the CPU; more than the model has (999) offloads all of it. Without a
     /// GPU build (`--features cuda`) or a GPU, every layer stays on the CPU.
@@ -185,27 +184,29 @@ impl Config {
         )?
         .unwrap_or(512)
         .clamp(32, ctx_size);
-        let cache_reuse = pick_parsed(
-            "cache_reuse",
-            flags.cache_reuse,
-            env("CEREBRUM_CACHE_REUSE"),
-            file_cfg.cache_reuse,
-        )?
-        .unwrap_or(DEFAULT_CACHE_REUSE);
-        let cache_reuse_max_drift = pick_parsed(
-            "cache_reuse_max_drift",
-            None,
-            env("CEREBRUM_CACHE_REUSE_MAX_DRIFT"),
-            file_cfg.cache_reuse_max_drift,
-        )?
-        .unwrap_or(DEFAULT_CACHE_REUSE_MAX_DRIFT);
-        let cache_reuse_fresh = pick_parsed(
-            "cache_reuse_fresh",
-            None,
-            env("CEREBRUM_CACHE_REUSE_FRESH"),
-            file_cfg.cache_reuse_fresh,
-        )?
-        .unwrap_or(DEFAULT_CACHE_REUSE_FRESH);
+        let reuse = reuse::Policy {
+            min_run: pick_parsed(
+                "cache_reuse",
+                flags.cache_reuse,
+                env("CEREBRUM_CACHE_REUSE"),
+                file_cfg.cache_reuse,
+            )?
+            .unwrap_or(DEFAULT_CACHE_REUSE) as usize,
+            max_drift: pick_parsed(
+                "cache_reuse_max_drift",
+                None,
+                env("CEREBRUM_CACHE_REUSE_MAX_DRIFT"),
+                file_cfg.cache_reuse_max_drift,
+            )?
+            .unwrap_or(DEFAULT_CACHE_REUSE_MAX_DRIFT),
+            fresh: pick_parsed(
+                "cache_reuse_fresh",
+                None,
+                env("CEREBRUM_CACHE_REUSE_FRESH"),
+                file_cfg.cache_reuse_fresh,
+            )?
+            .unwrap_or(DEFAULT_CACHE_REUSE_FRESH) as usize,
+        };
         // CPU only unless asked: llama.cpp's own default offloads every layer, which
         // a GPU build would then do on any machine with a GPU, wanted or not.
         let gpu_layers = pick_parsed(
@@ -228,9 +229,7 @@ impl Config {
                     ctx_size: m.ctx_size.unwrap_or(ctx_size),
                     threads: m.threads.unwrap_or(threads),
                     batch_size,
-                    cache_reuse,
-                    cache_reuse_max_drift,
-                    cache_reuse_fresh,
+                    reuse,
                     gpu_layers: m.gpu_layers.unwrap_or(gpu_layers),
                 },
             );
@@ -252,9 +251,7 @@ impl Config {
                     ctx_size,
                     threads,
                     batch_size,
-                    cache_reuse,
-                    cache_reuse_max_drift,
-                    cache_reuse_fresh,
+                    reuse,
                     gpu_layers,
                 },
             );

@@ -192,10 +192,11 @@ pub fn plan<T: Copy + Eq + Hash>(cache: &Cached<T>, prompt: &[T], policy: &Polic
     let mut next_free = prefix;
     let mut reused = prefix;
     let mut p = prefix;
-    // Unchanged tokens evaluated again for that: neither inserted nor removed.
-    let mut refreshed = 0;
     while p + min_run <= end {
         let mut best: Option<Run> = None;
+        // The fresh tokens of earlier runs are neither inserted nor removed: they
+        // were evaluated again.
+        let refreshed = plan.runs.len() * fresh;
         if let Some(starts) = index.get(&prompt[p..p + k]) {
             let first = starts.partition_point(|&c| c < next_free);
             for &c in starts[first..].iter().take(MAX_CANDIDATES) {
@@ -230,7 +231,6 @@ pub fn plan<T: Copy + Eq + Hash>(cache: &Cached<T>, prompt: &[T], policy: &Polic
                 p = run.to + run.len;
                 next_free = run.from + run.len;
                 reused += run.len;
-                refreshed += fresh;
             }
             _ => p += 1,
         }

@@ -404,11 +404,7 @@ impl<'m> Session<'m> {
             // A few tens of milliseconds of prompt on a small CPU.
             micro_batch: (batch_size / 8).max(16),
             n_ctx_seq: n_ctx_seq as usize,
-            reuse: reuse::Policy {
-                min_run: config.cache_reuse as usize,
-                max_drift: config.cache_reuse_max_drift,
-                fresh: config.cache_reuse_fresh as usize,
-            },
+            reuse: config.reuse,
             kv_bytes: kv_per_token * u64::from(n_ctx),
             clock: 0,
         })
