@@ -132,6 +132,10 @@ fn a_keystroke_and_an_enter_in_a_long_file_evaluate_only_what_changed() {
     let (answer, keystroke) = cost(&infer, || complete(&edge, &typed, after));
     assert_eq!(keystroke.requests, 1, "{answer}");
     assert!(keystroke.evaluated <= FRESH + 8, "{keystroke:?}");
+    assert!(
+        keystroke.evaluated > FRESH,
+        "the tokens right after the edit are read again, not shifted: {keystroke:?}"
+    );
     assert!(keystroke.shifted > 50, "the suffix moved: {keystroke:?}");
 
     // Enter with auto-indent: the new line's tokens, not the window again.
