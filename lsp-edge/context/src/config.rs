@@ -26,7 +26,9 @@ pub struct EngineConfig {
     /// less to the model than the prefix).
     pub suffix_max_lines: usize,
     pub suffix_max_chars: usize,
-    /// Documents shorter than this are sent whole (the old system's rule).
+    /// Documents shorter than this are sent whole: a file of a few kilobytes costs
+    /// about what a chunked prompt does, and every line of it is in view (for the
+    /// 1.5B model, 7 more right answers in 48 holes in files of 2-5 KB).
     pub min_chars_to_chunk: usize,
     /// Chunking that saves less than this fraction of the characters sends the
     /// document whole instead.
@@ -70,7 +72,7 @@ impl Default for EngineConfig {
             prefix_max_chars: 3_000,
             suffix_max_lines: 15,
             suffix_max_chars: 800,
-            min_chars_to_chunk: 1_500,
+            min_chars_to_chunk: 5_000,
             min_saving: 0.10,
             fallback_block_chars: 1_000,
             fallback_overlap_chars: 150,
@@ -131,7 +133,7 @@ mod tests {
         let config: EngineConfig =
             serde_json::from_str(r#"{"max_chunks": 5, "queries_dir": "/etc/q"}"#).unwrap();
         assert_eq!(config.max_chunks, 5);
-        assert_eq!(config.min_chars_to_chunk, 1_500);
+        assert_eq!(config.min_chars_to_chunk, 5_000);
         assert_eq!(config.queries_dir, Some(PathBuf::from("/etc/q")));
     }
 

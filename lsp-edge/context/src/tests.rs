@@ -590,6 +590,35 @@ fn small_documents_are_sent_whole() {
     .assert_eq(&out);
 }
 
+/// A file of a few kilobytes goes to the model whole, its first line included; past
+/// `min_chars_to_chunk` the prefix is a window and the rest is chosen.
+#[test]
+fn files_of_a_few_kilobytes_are_sent_whole() {
+    let engine = ContextEngine::new(EngineConfig::default()).unwrap();
+    let threshold = engine.config().min_chars_to_chunk;
+    let function = |i: usize| format!("def helper_{i}(value):\n    return value * {i} + 1\n\n\n");
+    let text_of = |chars: usize| {
+        let mut text = String::new();
+        let mut i = 0;
+        while text.len() < chars {
+            text.push_str(&function(i));
+            i += 1;
+        }
+        text
+    };
+    for (chars, whole) in [(threshold - 200, true), (threshold + 200, false)] {
+        let text = text_of(chars);
+        let cursor = text.len() / 2;
+        let doc = engine.parse(Language::Python, text.clone());
+        let ctx = engine.context(&doc, cursor, &ContextOptions::default());
+        assert_eq!(ctx.prefix == text[..cursor], whole, "{} chars", text.len());
+        assert_eq!(ctx.suffix == text[cursor..], whole, "{} chars", text.len());
+        if whole {
+            assert!(ctx.extra.is_empty());
+        }
+    }
+}
+
 #[test]
 fn instruction_mode_keeps_the_enclosing_chunk_and_ranks_by_instruction() {
     let opts = ContextOptions {
