@@ -596,18 +596,12 @@ fn small_documents_are_sent_whole() {
 fn files_of_a_few_kilobytes_are_sent_whole() {
     let engine = ContextEngine::new(EngineConfig::default()).unwrap();
     let threshold = engine.config().min_chars_to_chunk;
-    let function = |i: usize| format!("def helper_{i}(value):\n    return value * {i} + 1\n\n\n");
-    let text_of = |chars: usize| {
-        let mut text = String::new();
-        let mut i = 0;
-        while text.len() < chars {
-            text.push_str(&function(i));
-            i += 1;
-        }
-        text
-    };
+    let function = |i| format!("def helper_{i}(value):\n    return value * {i} + 1\n\n\n");
+    let all: String = (0..200).map(function).collect();
     for (chars, whole) in [(threshold - 200, true), (threshold + 200, false)] {
-        let text = text_of(chars);
+        // Whole functions, about `chars` long.
+        let end = all[..chars].rfind("\n\n\n").map_or(0, |at| at + 3);
+        let text = all[..end].to_owned();
         let cursor = text.len() / 2;
         let doc = engine.parse(Language::Python, text.clone());
         let ctx = engine.context(&doc, cursor, &ContextOptions::default());
