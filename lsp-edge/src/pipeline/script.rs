@@ -23,7 +23,9 @@ use crate::edge::Edge;
 use crate::pipeline::{self, GenerationInput, Opened, PipelineError, Prompt};
 
 /// Prompts longer than this (in characters, suffix included) go through the context
-/// engine; shorter ones are sent as they are (the old system's rule).
+/// engine, which takes an instruction carried in the text and chunks what is past its
+/// own `min_chars_to_chunk` (documents under that go out whole); shorter prompts are
+/// sent as they are (the old system's rule).
 pub const CONTEXT_THRESHOLD_CHARS: usize = 1_500;
 
 /// A completion request, validated.
