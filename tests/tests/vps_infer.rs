@@ -226,6 +226,45 @@ async fn shared_prefix_reuses_the_cache_and_matches_a_cold_run() {
 }
 
 #[tokio::test]
+async fn a_rejected_first_line_never_reaches_the_client() {
+    let server = VpsInfer::start_smol();
+    let prompt = format!("{}def perimeter(radius):\n", python_prefix());
+    let body = |reject: &[&str], stream: bool| {
+        json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "stream": stream,
+               "reject_first_line": reject})
+    };
+    let first_line = |text: &str| text.split('\n').next().unwrap().trim_end().to_owned();
+
+    // Cold, then warm: answers after reuse may differ from a cold one (batch
+    // shapes), so the warm answer is the one to compare with below.
+    post(&server, "/v1/inference", body(&[], false)).await;
+    let (_, plain) = post(&server, "/v1/inference", body(&[], false)).await;
+    assert!(plain["cached_tokens"].as_u64().unwrap() > 0, "{plain}");
+    let plain_text = plain["text"].as_str().unwrap().to_owned();
+    let line = first_line(&plain_text);
+    assert!(!line.trim().is_empty(), "{plain}");
+
+    // Rejected: another first line, streamed as it is answered.
+    let response = send_inference(&server, body(&[&line, "unrelated"], true)).await;
+    assert_eq!(response.status(), 200);
+    let events = sse_events(&response.text().await.unwrap());
+    let (last, tokens) = events.split_last().expect("events");
+    let streamed: String = tokens
+        .iter()
+        .map(|e| e["token"].as_str().expect("token event"))
+        .collect();
+    let text = last["text"].as_str().unwrap();
+    assert_eq!(streamed, text);
+    assert_ne!(first_line(text), line, "{last}");
+    assert!(!text.trim().is_empty(), "{last}");
+
+    // Backing up left the sequence as it was: the plain request answers as before.
+    let (_, again) = post(&server, "/v1/inference", body(&[], false)).await;
+    assert_eq!(again["cached_tokens"], plain["cached_tokens"], "{again}");
+    assert_eq!(again["text"], plain_text.as_str());
+}
+
+#[tokio::test]
 async fn a_dropped_stream_stops_decoding() {
     let server = VpsInfer::start_smol();
     let max_tokens = 2000;
@@ -365,6 +404,14 @@ async fn bad_requests_get_clear_400_and_413() {
         (json!({"prompt": "x", "extra": [{"label": "a"}]}), "extra"),
         (json!({"prompt": "x", "bogus": 1}), "bogus"),
         (json!({"prompt": ""}), "prompt"),
+        (
+            json!({"prompt": "x", "reject_first_line": ["a\nb"]}),
+            "reject_first_line[0]",
+        ),
+        (
+            json!({"prompt": "x", "reject_first_line": vec!["a"; 9]}),
+            "reject_first_line",
+        ),
     ];
     for (body, field) in cases {
         let (status, answer) = post(&server, "/v1/inference", body.clone()).await;

@@ -399,6 +399,7 @@ fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> 
             top_p: 1.0,
             stop: Vec::new(),
             seed: 0,
+            reject_first_line: Vec::new(),
         },
     }
 }

@@ -217,7 +217,17 @@ pub struct InferenceBody {
     /// one without a suffix asking for more than 256 tokens is an instruction, any
     /// other interactive (`Priority::default_for`).
     pub priority: Option<Priority>,
+    /// Lines the answer's first line must not be (trailing whitespace aside): when
+    /// decoding arrives at one, the engine backs up to the token it was least sure of
+    /// and takes the best one that leaves the line behind. Editors send the lines next
+    /// to the cursor, which small fill-in-the-middle models tend to copy.
+    #[serde(default)]
+    pub reject_first_line: Vec<String>,
 }
+
+/// Most lines in `reject_first_line`, and the longest.
+const MAX_REJECTED_LINES: usize = 8;
+const MAX_REJECTED_LINE_BYTES: usize = 1024;
 
 impl InferenceBody {
     fn validate(self, default_model: &str) -> Result<(GenerateRequest, bool), ApiError> {
@@ -247,6 +257,24 @@ impl InferenceBody {
         if self.stop.len() > 16 {
             return Err(ApiError::InvalidRequest("stop: at most 16 strings".into()));
         }
+        if self.reject_first_line.len() > MAX_REJECTED_LINES {
+            return Err(ApiError::InvalidRequest(format!(
+                "reject_first_line: at most {MAX_REJECTED_LINES} lines"
+            )));
+        }
+        for (k, line) in self.reject_first_line.iter().enumerate() {
+            if line.contains('\n') {
+                return Err(ApiError::InvalidRequest(format!(
+                    "reject_first_line[{k}]: holds a line break; each entry is one line"
+                )));
+            }
+            if line.len() > MAX_REJECTED_LINE_BYTES {
+                return Err(ApiError::InvalidRequest(format!(
+                    "reject_first_line[{k}]: {} bytes; at most {MAX_REJECTED_LINE_BYTES}",
+                    line.len()
+                )));
+            }
+        }
         if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
             return Err(ApiError::InvalidRequest("prompt: must not be empty".into()));
         }
@@ -271,6 +299,7 @@ impl InferenceBody {
                 top_p,
                 stop: self.stop,
                 seed: self.seed.unwrap_or(0x5eed),
+                reject_first_line: self.reject_first_line,
             },
         };
         Ok((request, self.stream))

@@ -50,6 +50,10 @@ pub struct InferenceRequest {
     /// Sent only when it is not vps-infer's default.
     #[serde(skip_serializing_if = "FimOrder::is_psm")]
     pub fim_order: FimOrder,
+    /// Lines the answer's first line must not be (vps-infer only; other kinds of
+    /// backend do not take it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reject_first_line: Vec<String>,
 }
 
 /// The final event's statistics.

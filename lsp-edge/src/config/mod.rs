@@ -294,6 +294,12 @@ pub struct CompletionConfig {
     /// answers with extra indentation or the wrong line (measured in
     /// docs/benchmarks.md, "Completion quality").
     pub heal_trailing_whitespace: bool,
+    /// A fill-in-the-middle answer whose first line repeats the line above the
+    /// cursor or the next one below it is rejected: vps-infer backs up to the token
+    /// the model was least sure of and takes another (`reject_first_line`). Small
+    /// models copy a neighbouring line instead of writing the missing one (measured in
+    /// docs/benchmarks.md, "Completion quality"). vps-infer backends only.
+    pub reject_neighbour_lines: bool,
 }
 
 /// The order of a fill-in-the-middle prompt's parts, as vps-infer lays them out.
@@ -327,6 +333,7 @@ impl Default for CompletionConfig {
             partial_interval_ms: 50,
             fim_order: FimOrder::Psm,
             heal_trailing_whitespace: true,
+            reject_neighbour_lines: true,
         }
     }
 }

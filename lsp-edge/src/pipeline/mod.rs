@@ -31,7 +31,7 @@ use crate::backend::{
     Backend, BackendClient, BackendError, Backends, ExtraChunk, GenerationStats, InferenceRequest,
     StreamEvent, TokenStream,
 };
-use crate::config::CompletionConfig;
+use crate::config::{BackendKind, CompletionConfig};
 
 /// What to generate from.
 #[derive(Debug, Clone)]
@@ -209,8 +209,7 @@ async fn open_on(backend: &Backend, input: &GenerationInput) -> Result<Opened, B
     let fim = wants_fim(backend, input);
     let name = backend.client.name().to_owned();
     let send = |fim: bool| {
-        let mut request = request_for(input, fim);
-        let lead = heal_trailing_whitespace(input, &mut request);
+        let (request, lead) = outgoing(input, backend.client.kind(), fim);
         async move {
             let mut stream = backend.client.stream(&request).await?;
             stream.expect_leading(lead);
@@ -237,6 +236,19 @@ async fn open_on(backend: &Backend, input: &GenerationInput) -> Result<Opened, B
     }
 }
 
+/// The request [`open_on`] sends to a backend of `kind`, and the whitespace that
+/// healing took off the prompt's end (see [`heal_trailing_whitespace`]).
+fn outgoing(input: &GenerationInput, kind: BackendKind, fim: bool) -> (InferenceRequest, String) {
+    let mut request = request_for(input, fim);
+    let lead = heal_trailing_whitespace(input, &mut request);
+    if input.settings.reject_neighbour_lines && kind == BackendKind::VpsInfer {
+        if let Some(suffix) = &request.suffix {
+            request.reject_first_line = neighbour_lines(&request.prompt, &lead, suffix);
+        }
+    }
+    (request, lead)
+}
+
 /// Cuts the spaces and tabs that end a completion prompt (see
 /// [`CompletionConfig::heal_trailing_whitespace`]) and returns them: the answer's
 /// start is expected to repeat them, and the stream takes them off again, so callers
@@ -252,6 +264,43 @@ fn heal_trailing_whitespace(input: &GenerationInput, request: &mut InferenceRequ
     }
     let kept = request.prompt.trim_end_matches([' ', '\t']).len();
     request.prompt.split_off(kept)
+}
+
+/// The longest line vps-infer takes in `reject_first_line`.
+const MAX_REJECTED_LINE_BYTES: usize = 1024;
+
+/// The lines next to the cursor's, as the answer's first line would spell them (what
+/// follows the text before the cursor, `lead` being the whitespace healing took off
+/// it): the nearest line above that is not blank, and the one below: the rest of the
+/// cursor's line when the cursor stands before its text (a line inserted there must
+/// not repeat it), else the nearest line below that is not blank. Nothing when the
+/// cursor is inside a line's text, where the answer fills in part of that line.
+fn neighbour_lines(prompt: &str, lead: &str, suffix: &str) -> Vec<String> {
+    let (above, before) = prompt.rsplit_once('\n').unwrap_or(("", prompt));
+    let (after, below) = suffix.split_once('\n').unwrap_or((suffix, ""));
+    let at_line_start = before.trim().is_empty() && lead.trim().is_empty();
+    let below = if after.trim().is_empty() {
+        below
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+    } else if at_line_start {
+        Some(format!("{before}{lead}{after}"))
+    } else {
+        return Vec::new();
+    };
+    let above = above.lines().rev().find(|l| !l.trim().is_empty());
+    let mut lines = Vec::new();
+    for line in [above, below.as_deref()].into_iter().flatten() {
+        let Some(rest) = line.trim_end().strip_prefix(before) else {
+            continue;
+        };
+        let fits = rest.len() <= MAX_REJECTED_LINE_BYTES;
+        if fits && !rest.trim().is_empty() && !lines.iter().any(|l| l == rest) {
+            lines.push(rest.to_owned());
+        }
+    }
+    lines
 }
 
 /// Runs one generation. `deadline` bounds the whole call: when it passes, the
@@ -478,5 +527,65 @@ mod tests {
         );
         assert_eq!(request.suffix, None);
         assert_eq!(request.stop, vec!["```".to_owned()]);
+    }
+
+    #[test]
+    fn the_lines_next_to_the_cursor_are_rejected_as_the_first_line() {
+        let lines = |prompt, lead, suffix| neighbour_lines(prompt, lead, suffix);
+        let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // After an Enter, healed: the prompt ends at the line break.
+        let prompt = "def f(x):\n    y = g(x)\n\n";
+        assert_eq!(
+            lines(prompt, "    ", "\n\n    return y\n"),
+            owned(&["    y = g(x)", "    return y"])
+        );
+        // A whole line taken out, the cursor before the next line's text.
+        assert_eq!(
+            lines(prompt, "", "    return y\n"),
+            owned(&["    y = g(x)", "    return y"])
+        );
+        assert_eq!(
+            lines("a = 1\n", "    ", "b = 2\n"),
+            owned(&["a = 1", "    b = 2"])
+        );
+        // The same line above and below is sent once; blank lines give nothing.
+        assert_eq!(lines("x = 1\n", "", "\nx = 1"), owned(&["x = 1"]));
+        assert!(lines("\n \n", "", "\n\t\n").is_empty());
+        // Mid-line: what would follow the text before the cursor.
+        assert_eq!(
+            lines("    x = f(1)\n    x =", " ", "\n    x = f(2)"),
+            owned(&[" f(1)", " f(2)"])
+        );
+        // Lines that do not start with it cannot be repeated.
+        assert!(lines("a = 1\nb =", " ", "\nc = 2").is_empty());
+        // Inside a line's text: the answer fills in part of that line.
+        assert!(lines("a = 1\nb = (", "", ")\nb = 2").is_empty());
+        // Lines longer than vps-infer takes are left out.
+        let long = "x".repeat(MAX_REJECTED_LINE_BYTES + 1);
+        assert_eq!(
+            lines(&format!("{long}\n"), "", "\ny = 2"),
+            owned(&["y = 2"])
+        );
+    }
+
+    #[test]
+    fn only_vps_infer_fim_requests_reject_the_neighbour_lines() {
+        let fim = input(Prompt::Fim {
+            prefix: "x = 1\n    ".into(),
+            suffix: "\ny = 2\n".into(),
+            extra: Vec::new(),
+        });
+        let rejected = |input: &GenerationInput, kind, as_fim| {
+            outgoing(input, kind, as_fim).0.reject_first_line
+        };
+        let both = vec!["x = 1".to_owned(), "y = 2".to_owned()];
+        assert_eq!(rejected(&fim, BackendKind::VpsInfer, true), both);
+        assert!(rejected(&fim, BackendKind::VpsInfer, false).is_empty());
+        assert!(rejected(&fim, BackendKind::LlamaServer, true).is_empty());
+        let mut off = fim.clone();
+        off.settings.reject_neighbour_lines = false;
+        assert!(rejected(&off, BackendKind::VpsInfer, true).is_empty());
+        let json = serde_json::to_value(outgoing(&fim, BackendKind::VpsInfer, true).0).unwrap();
+        assert_eq!(json["reject_first_line"], serde_json::json!(both));
     }
 }

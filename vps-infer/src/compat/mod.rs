@@ -139,6 +139,7 @@ impl Translate {
                 top_p,
                 stop: self.stop.into_iter().filter(|s| !s.is_empty()).collect(),
                 seed: seed(self.seed),
+                reject_first_line: Vec::new(),
             },
         })
     }

@@ -7,6 +7,7 @@
 //! most urgent [`Priority`] first (`worker.rs`, `schedule.rs`).
 
 mod error;
+pub mod first_line;
 pub mod gguf;
 pub mod prompt;
 pub mod reuse;
@@ -41,6 +42,9 @@ pub struct Sampling {
     pub top_p: f32,
     pub stop: Vec<String>,
     pub seed: u32,
+    /// Lines the answer's first line must not be (`first_line`): the lines next to
+    /// the cursor, which small models copy.
+    pub reject_first_line: Vec<String>,
 }
 
 /// One generation request, validated.

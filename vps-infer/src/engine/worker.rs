@@ -35,7 +35,9 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::vocab::LlamaVocab;
 
+use super::first_line::{self, FirstLineGuard, Verdict};
 use super::prompt::{self, FimTokens};
 use super::reuse::{self, Cached, Plan, Run};
 use super::schedule::{self, Candidate, Running};
@@ -120,7 +122,7 @@ pub(crate) fn run(
         shared.set_status(|s| s.loaded = None);
         match leave {
             Leave::Idle => {}
-            Leave::Switch(command) => pending = Some(command),
+            Leave::Switch(command) => pending = Some(*command),
             Leave::Unload(reply) => {
                 tracing::info!(model = %name, "unloaded on request");
                 let _ = reply.send(UnloadReport {
@@ -185,7 +187,7 @@ enum Leave {
     /// Nothing was asked for `idle_unload`.
     Idle,
     /// A job (or another command) wants another model.
-    Switch(Command),
+    Switch(Box<Command>),
     Unload(oneshot::Sender<UnloadReport>),
     /// The server is stopping, or every handle to the engine is gone.
     Stop,
@@ -325,6 +327,8 @@ struct Active {
     sampler: LlamaSampler,
     utf8: Utf8Stream,
     stops: StopMatcher,
+    /// Holds the first line back while it may be one the request rejects.
+    guard: Option<FirstLineGuard<LlamaToken>>,
     generated: usize,
     first_token_at: Option<Instant>,
     gen_started: Option<Instant>,
@@ -451,7 +455,7 @@ impl<'m> Session<'m> {
                     }
                     Command::Generate(job) => {
                         tracing::info!(from = %model_name, to = %job.request.model, "switching model");
-                        leaving = Some(Leave::Switch(Command::Generate(job)));
+                        leaving = Some(Leave::Switch(Box::new(Command::Generate(job))));
                     }
                     Command::Vocab(job) if job.model == model_name => {
                         tokenize::answer(self.model, job)
@@ -625,6 +629,7 @@ impl<'m> Session<'m> {
             ])
         };
         let stops = StopMatcher::new(&sampling.stop);
+        let guard = FirstLineGuard::new(&sampling.reject_first_line);
         let priority = job.request.priority;
         Stats::add(&shared.stats.by_priority[priority.index()].started, 1);
         self.slots[i].active = Some(Active {
@@ -638,6 +643,7 @@ impl<'m> Session<'m> {
             sampler,
             utf8: Utf8Stream::default(),
             stops,
+            guard,
             generated: 0,
             first_token_at: None,
             gen_started: None,
@@ -779,7 +785,7 @@ impl<'m> Session<'m> {
         let vocab = self.model.vocab();
         let active = self.slots[i].active.as_mut()?;
         let max_tokens = active.job.request.sampling.max_tokens as usize;
-        let token = active.sampler.sample(&self.ctx, at);
+        let mut token = active.sampler.sample(&self.ctx, at);
         if active.first_token_at.is_none() {
             let now = Instant::now();
             active.first_token_at = Some(now);
@@ -791,27 +797,81 @@ impl<'m> Session<'m> {
             self.publish(shared);
         }
         let active = self.slots[i].active.as_mut()?;
-        if vocab.is_eog(token) {
+        let mut end = vocab.is_eog(token);
+        let mut piece = Vec::with_capacity(16);
+        if !end {
+            vocab.token_to_piece_into(token, &mut piece, false, None);
+        }
+        if let Some(guard) = active.guard.as_mut() {
+            let (candidates, logprob) = likeliest(&self.ctx, &vocab, at, token);
+            match guard.push(token, &piece, end, &candidates, logprob) {
+                Verdict::Hold => {
+                    active.generated += 1;
+                    if active.generated < max_tokens {
+                        active.next_token = Some(token);
+                        return None;
+                    }
+                    // Out of tokens: what is held is the answer.
+                    piece = guard.take_text();
+                    active.guard = None;
+                    let released = active.stops.push(&active.utf8.push(&piece));
+                    if !released.text.is_empty() {
+                        let _ = active.job.events.blocking_send(Event::Token(released.text));
+                    }
+                    return Some(StopReason::Length);
+                }
+                Verdict::Release(text) => {
+                    active.guard = None;
+                    piece = text;
+                }
+                Verdict::BackUp {
+                    keep,
+                    token: other,
+                    text,
+                } => {
+                    active.guard = None;
+                    tracing::debug!(
+                        kept = keep,
+                        dropped = active.generated + 1 - keep,
+                        "the first line was a rejected one; backed up"
+                    );
+                    active.generated = keep;
+                    token = other;
+                    end = false;
+                    piece = text;
+                    // The rejected line's tokens after `keep` leave the cache.
+                    let keep = active.tokens.len() + keep;
+                    self.truncate_cache(i, keep);
+                    if self.slots[i].cached.len() != keep {
+                        let e = EngineError::Internal("could not back up in the cache".into());
+                        self.fail_all(shared, e);
+                        return None;
+                    }
+                }
+            }
+        }
+        let active = self.slots[i].active.as_mut()?;
+        if !piece.is_empty() {
+            let released = active.stops.push(&active.utf8.push(&piece));
+            // A client that reads slowly holds every job up once its 256-event buffer
+            // is full; editors read as fast as tokens come.
+            if !released.text.is_empty()
+                && active
+                    .job
+                    .events
+                    .blocking_send(Event::Token(released.text))
+                    .is_err()
+            {
+                return Some(StopReason::Cancelled);
+            }
+            if released.stopped {
+                return Some(StopReason::Stop);
+            }
+        }
+        if end {
             return Some(StopReason::Eos);
         }
         active.generated += 1;
-        let mut piece = Vec::with_capacity(16);
-        vocab.token_to_piece_into(token, &mut piece, false, None);
-        let released = active.stops.push(&active.utf8.push(&piece));
-        // A client that reads slowly holds every job up once its 256-event buffer
-        // is full; editors read as fast as tokens come.
-        if !released.text.is_empty()
-            && active
-                .job
-                .events
-                .blocking_send(Event::Token(released.text))
-                .is_err()
-        {
-            return Some(StopReason::Cancelled);
-        }
-        if released.stopped {
-            return Some(StopReason::Stop);
-        }
         if active.generated >= max_tokens {
             return Some(StopReason::Length);
         }
@@ -1091,6 +1151,52 @@ impl<'m> Session<'m> {
             _ => self.clear_all(),
         }
     }
+}
+
+/// How many of the likeliest tokens a [`FirstLineGuard`] looks through for a way out
+/// of a rejected line.
+const WAYS_OUT: usize = 16;
+
+/// The [`WAYS_OUT`] likeliest tokens at batch index `at` with their text, and the
+/// log-probability of `token`.
+fn likeliest(
+    ctx: &LlamaContext<'_>,
+    vocab: &LlamaVocab<'_>,
+    at: i32,
+    token: LlamaToken,
+) -> (Vec<first_line::Candidate<LlamaToken>>, f32) {
+    let logits = ctx.get_logits_ith(at);
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(WAYS_OUT + 1);
+    for (id, &logit) in logits.iter().enumerate() {
+        if top.len() == WAYS_OUT && top.last().is_some_and(|&(_, l)| logit <= l) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, l)| l >= logit);
+        top.insert(at, (id, logit));
+        top.truncate(WAYS_OUT);
+    }
+    // log(sum(exp(logits))), computed from the largest for range.
+    let max = top.first().map_or(0.0, |&(_, l)| l);
+    let norm = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let candidates = top
+        .into_iter()
+        .map(|(id, logit)| {
+            let token = LlamaToken(id as i32);
+            let mut piece = Vec::new();
+            if !vocab.is_eog(token) {
+                vocab.token_to_piece_into(token, &mut piece, false, None);
+            }
+            first_line::Candidate {
+                token,
+                logprob: logit - norm,
+                piece,
+            }
+        })
+        .collect();
+    let logprob = logits
+        .get(token.0 as usize)
+        .map_or(f32::NEG_INFINITY, |&l| l - norm);
+    (candidates, logprob)
 }
 
 /// A job's prompt is in the cache: count it and start the generation clock.
