@@ -42,9 +42,15 @@ pub enum Verdict<T> {
 struct Step<T> {
     /// Bytes of the held text before this step's token.
     at: usize,
-    /// The likeliest token that would have left every rejected line behind, the
-    /// log-probability of the text up to and with it, and its bytes.
-    way_out: Option<(T, f32, Vec<u8>)>,
+    way_out: Option<WayOut<T>>,
+}
+
+/// The likeliest token that would have left every rejected line behind at a step.
+struct WayOut<T> {
+    token: T,
+    /// The log-probability of the text up to and with it.
+    logprob: f32,
+    piece: Vec<u8>,
 }
 
 pub struct FirstLineGuard<T> {
@@ -66,7 +72,7 @@ enum Match {
     Left,
 }
 
-impl<T: Copy> FirstLineGuard<T> {
+impl<T: Copy + PartialEq> FirstLineGuard<T> {
     /// `None` when no line is worth guarding against (all blank).
     pub fn new(rejected: &[String]) -> Option<FirstLineGuard<T>> {
         let rejected: Vec<Vec<u8>> = rejected
@@ -92,27 +98,32 @@ impl<T: Copy> FirstLineGuard<T> {
         end: bool,
         candidates: &[Candidate<T>],
         logprob: f32,
-    ) -> Verdict<T>
-    where
-        T: PartialEq,
-    {
+    ) -> Verdict<T> {
         let way_out = candidates
             .iter()
             .filter(|c| c.token != token && !c.piece.is_empty())
-            .filter(|c| self.leaves_all(&self.text, &c.piece, false))
+            .filter(|c| {
+                self.matches(&c.piece, false)
+                    .iter()
+                    .all(|m| *m == Match::Left)
+            })
             .max_by(|a, b| a.logprob.total_cmp(&b.logprob))
-            .map(|c| (c.token, self.logprob + c.logprob, c.piece.clone()));
+            .map(|c| WayOut {
+                token: c.token,
+                logprob: self.logprob + c.logprob,
+                piece: c.piece.clone(),
+            });
         self.steps.push(Step {
             at: self.text.len(),
             way_out,
         });
         self.logprob += logprob;
-        let verdicts = self.matches(&self.text, piece, end);
+        let verdicts = self.matches(piece, end);
         self.text.extend_from_slice(piece);
         if verdicts.contains(&Match::Equal) {
             return self.back_up();
         }
-        if verdicts.contains(&Match::Open) && !end {
+        if verdicts.contains(&Match::Open) {
             return Verdict::Hold;
         }
         Verdict::Release(std::mem::take(&mut self.text))
@@ -131,14 +142,14 @@ impl<T: Copy> FirstLineGuard<T> {
             .iter()
             .enumerate()
             .filter_map(|(k, step)| step.way_out.as_ref().map(|w| (k, step.at, w)))
-            .max_by(|a, b| a.2 .1.total_cmp(&b.2 .1));
+            .max_by(|a, b| a.2.logprob.total_cmp(&b.2.logprob));
         match best {
-            Some((keep, at, (token, _, piece))) => {
+            Some((keep, at, way_out)) => {
                 let mut text = self.text[..at].to_vec();
-                text.extend_from_slice(piece);
+                text.extend_from_slice(&way_out.piece);
                 Verdict::BackUp {
                     keep,
-                    token: *token,
+                    token: way_out.token,
                     text,
                 }
             }
@@ -146,14 +157,9 @@ impl<T: Copy> FirstLineGuard<T> {
         }
     }
 
-    fn leaves_all(&self, text: &[u8], piece: &[u8], end: bool) -> bool {
-        self.matches(text, piece, end)
-            .iter()
-            .all(|m| *m == Match::Left)
-    }
-
-    fn matches(&self, text: &[u8], piece: &[u8], end: bool) -> Vec<Match> {
-        let mut joined = text.to_vec();
+    /// Where the held text followed by `piece` stands against each rejected line.
+    fn matches(&self, piece: &[u8], end: bool) -> Vec<Match> {
+        let mut joined = self.text.clone();
         joined.extend_from_slice(piece);
         self.rejected
             .iter()
@@ -162,6 +168,7 @@ impl<T: Copy> FirstLineGuard<T> {
     }
 }
 
+/// Where `text` stands against `line`; `end`: the answer ends with `text`.
 fn match_line(text: &[u8], line: &[u8], end: bool) -> Match {
     let (first, finished) = match text.iter().position(|&b| b == b'\n') {
         Some(n) => (&text[..n], true),
