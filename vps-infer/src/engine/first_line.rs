@@ -61,15 +61,16 @@ pub struct FirstLineGuard<T> {
     logprob: f32,
 }
 
-/// Where a text stands against one rejected line.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+/// Where a text stands against a rejected line; against several, the nearest of them
+/// counts (the largest).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
 enum Match {
-    /// The first line is finished and equals it.
-    Equal,
-    /// The text may still become it.
-    Open,
     /// It cannot become it.
     Left,
+    /// The text may still become it.
+    Open,
+    /// The first line is finished and equals it.
+    Equal,
 }
 
 impl<T: Copy + PartialEq> FirstLineGuard<T> {
@@ -102,11 +103,7 @@ impl<T: Copy + PartialEq> FirstLineGuard<T> {
         let way_out = candidates
             .iter()
             .filter(|c| c.token != token && !c.piece.is_empty())
-            .filter(|c| {
-                self.matches(&c.piece, false)
-                    .iter()
-                    .all(|m| *m == Match::Left)
-            })
+            .filter(|c| self.standing(&c.piece, false) == Match::Left)
             .max_by(|a, b| a.logprob.total_cmp(&b.logprob))
             .map(|c| WayOut {
                 token: c.token,
@@ -118,15 +115,13 @@ impl<T: Copy + PartialEq> FirstLineGuard<T> {
             way_out,
         });
         self.logprob += logprob;
-        let verdicts = self.matches(piece, end);
+        let standing = self.standing(piece, end);
         self.text.extend_from_slice(piece);
-        if verdicts.contains(&Match::Equal) {
-            return self.back_up();
+        match standing {
+            Match::Equal => self.back_up(),
+            Match::Open => Verdict::Hold,
+            Match::Left => Verdict::Release(std::mem::take(&mut self.text)),
         }
-        if verdicts.contains(&Match::Open) {
-            return Verdict::Hold;
-        }
-        Verdict::Release(std::mem::take(&mut self.text))
     }
 
     /// The text held so far (the answer ends while it is held).
@@ -157,14 +152,15 @@ impl<T: Copy + PartialEq> FirstLineGuard<T> {
         }
     }
 
-    /// Where the held text followed by `piece` stands against each rejected line.
-    fn matches(&self, piece: &[u8], end: bool) -> Vec<Match> {
+    /// Where the held text followed by `piece` stands against the rejected lines.
+    fn standing(&self, piece: &[u8], end: bool) -> Match {
         let mut joined = self.text.clone();
         joined.extend_from_slice(piece);
         self.rejected
             .iter()
             .map(|line| match_line(&joined, line, end))
-            .collect()
+            .max()
+            .unwrap_or(Match::Left)
     }
 }
 

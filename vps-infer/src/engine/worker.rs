@@ -805,20 +805,15 @@ impl<'m> Session<'m> {
         if let Some(guard) = active.guard.as_mut() {
             let (candidates, logprob) = likeliest(&self.ctx, &vocab, at, token);
             match guard.push(token, &piece, end, &candidates, logprob) {
-                Verdict::Hold => {
+                Verdict::Hold if active.generated + 1 < max_tokens => {
                     active.generated += 1;
-                    if active.generated < max_tokens {
-                        active.next_token = Some(token);
-                        return None;
-                    }
-                    // Out of tokens: what is held is the answer.
+                    active.next_token = Some(token);
+                    return None;
+                }
+                // Out of tokens: what is held is the answer.
+                Verdict::Hold => {
                     piece = guard.take_text();
                     active.guard = None;
-                    let released = active.stops.push(&active.utf8.push(&piece));
-                    if !released.text.is_empty() {
-                        let _ = active.job.events.blocking_send(Event::Token(released.text));
-                    }
-                    return Some(StopReason::Length);
                 }
                 Verdict::Release(text) => {
                     active.guard = None;
@@ -1167,7 +1162,15 @@ fn likeliest(
 ) -> (Vec<first_line::Candidate<LlamaToken>>, f32) {
     let logits = ctx.get_logits_ith(at);
     let mut top: Vec<(usize, f32)> = Vec::with_capacity(WAYS_OUT + 1);
+    // log(sum(exp(logits))) in the same pass: `sum` is relative to the largest so far.
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     for (id, &logit) in logits.iter().enumerate() {
+        if logit > max {
+            sum = sum * (max - logit).exp() + 1.0;
+            max = logit;
+        } else {
+            sum += (logit - max).exp();
+        }
         if top.len() == WAYS_OUT && top.last().is_some_and(|&(_, l)| logit <= l) {
             continue;
         }
@@ -1175,9 +1178,7 @@ fn likeliest(
         top.insert(at, (id, logit));
         top.truncate(WAYS_OUT);
     }
-    // log(sum(exp(logits))), computed from the largest for range.
-    let max = top.first().map_or(0.0, |&(_, l)| l);
-    let norm = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let norm = max + sum.ln();
     let candidates = top
         .into_iter()
         .map(|(id, logit)| {
