@@ -69,7 +69,10 @@ fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
         assert!(!case["expected"].as_str().unwrap().is_empty(), "{case}");
         for name in &names {
             let outcome = &case["outcomes"][name];
-            assert!(outcome["prompt_tokens"].as_u64().unwrap() > 0, "{case}");
+            let prompt_tokens = outcome["prompt_tokens"].as_u64().unwrap();
+            assert!(prompt_tokens > 0, "{case}");
+            // Primed: every scored answer starts from its prompt in the cache.
+            assert_eq!(outcome["cached_tokens"], prompt_tokens - 1, "{case}");
             let text = outcome["text"].as_str().unwrap();
             assert!(
                 !text.contains('\n'),

@@ -265,6 +265,32 @@ async fn a_rejected_first_line_never_reaches_the_client() {
 }
 
 #[tokio::test]
+async fn the_first_line_goes_no_deeper_than_asked() {
+    let server = VpsInfer::start_smol();
+    let block = "for i in range(3):\n    for j in range(3):\n        print(i, j)\n";
+    // The prompt ends in two spaces of indentation; SmolLM2 adds a third.
+    let prompt = format!("{}for i in range(3):\n  ", block.repeat(3));
+    let answer = |max_indent: Option<&str>| {
+        let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0,
+                          "first_line_max_indent": max_indent});
+        let server = &server;
+        async move {
+            let (status, answer) = post(server, "/v1/inference", body).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["text"].as_str().unwrap().to_owned()
+        }
+    };
+    let plain = answer(None).await;
+    assert!(plain.starts_with(" for"), "{plain:?}");
+
+    // One more space is allowed: the same answer.
+    assert_eq!(answer(Some(" ")).await, plain);
+    // None: the first line starts without one.
+    let capped = answer(Some("")).await;
+    assert!(!capped.starts_with([' ', '\t']), "{capped:?}");
+}
+
+#[tokio::test]
 async fn a_dropped_stream_stops_decoding() {
     let server = VpsInfer::start_smol();
     let max_tokens = 2000;
@@ -411,6 +437,14 @@ async fn bad_requests_get_clear_400_and_413() {
         (
             json!({"prompt": "x", "reject_first_line": vec!["a"; 9]}),
             "reject_first_line",
+        ),
+        (
+            json!({"prompt": "x", "first_line_max_indent": "  x"}),
+            "first_line_max_indent",
+        ),
+        (
+            json!({"prompt": "x", "first_line_max_indent": " ".repeat(257)}),
+            "first_line_max_indent",
         ),
     ];
     for (body, field) in cases {

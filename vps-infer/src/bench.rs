@@ -400,6 +400,7 @@ fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> 
             stop: Vec::new(),
             seed: 0,
             reject_first_line: Vec::new(),
+            first_line_max_indent: None,
         },
     }
 }

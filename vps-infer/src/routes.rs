@@ -218,12 +218,21 @@ pub struct InferenceBody {
     /// other interactive (`Priority::default_for`).
     pub priority: Option<Priority>,
     /// Lines the answer's first line must not be (trailing whitespace aside): when
-    /// decoding arrives at one, the engine backs up to the token it was least sure of
-    /// and takes the best one that leaves the line behind. Editors send the lines next
-    /// to the cursor, which small fill-in-the-middle models tend to copy.
+    /// decoding arrives at one, the engine backs up to the step where a token that
+    /// leaves every such line behind makes the likeliest text, and goes on from there.
+    /// Editors send the lines next to the cursor, which small fill-in-the-middle
+    /// models tend to copy.
     #[serde(default)]
     pub reject_first_line: Vec<String>,
+    /// The deepest indentation the answer's first line may have (spaces and tabs):
+    /// a token that would indent it deeper is passed over for the likeliest one that
+    /// does not. Editors send the cursor's indentation when it stands after one
+    /// (`""`: none), where small models go on inside a deeper block.
+    pub first_line_max_indent: Option<String>,
 }
+
+/// The longest `first_line_max_indent`.
+const MAX_INDENT_BYTES: usize = 256;
 
 /// Most lines in `reject_first_line`, and the longest.
 const MAX_REJECTED_LINES: usize = 8;
@@ -275,6 +284,19 @@ impl InferenceBody {
                 )));
             }
         }
+        if let Some(indent) = &self.first_line_max_indent {
+            if indent.len() > MAX_INDENT_BYTES {
+                return Err(ApiError::InvalidRequest(format!(
+                    "first_line_max_indent: {} bytes; at most {MAX_INDENT_BYTES}",
+                    indent.len()
+                )));
+            }
+            if !indent.bytes().all(|b| b == b' ' || b == b'\t') {
+                return Err(ApiError::InvalidRequest(
+                    "first_line_max_indent: only spaces and tabs".into(),
+                ));
+            }
+        }
         if self.prompt.is_empty() && self.suffix.as_deref().unwrap_or("").is_empty() {
             return Err(ApiError::InvalidRequest("prompt: must not be empty".into()));
         }
@@ -300,6 +322,7 @@ impl InferenceBody {
                 stop: self.stop,
                 seed: self.seed.unwrap_or(0x5eed),
                 reject_first_line: self.reject_first_line,
+                first_line_max_indent: self.first_line_max_indent,
             },
         };
         Ok((request, self.stream))

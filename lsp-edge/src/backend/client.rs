@@ -54,6 +54,9 @@ pub struct InferenceRequest {
     /// backend do not take it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reject_first_line: Vec<String>,
+    /// The deepest indentation the answer's first line may have (vps-infer only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_line_max_indent: Option<String>,
 }
 
 /// The final event's statistics.

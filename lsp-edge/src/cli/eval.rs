@@ -19,6 +19,14 @@
 //! not a docstring, not only closing brackets, at most [`MAX_LINE_CHARS`] long.
 //! Eligible files are `.py` and `.rs` files of [`MIN_FILE_BYTES`] to
 //! [`MAX_FILE_BYTES`] that parse without errors.
+//!
+//! Every configuration's prompt is primed: sent once for one token before the
+//! request that is scored, so each answer comes from the same state of vps-infer's
+//! cache (the prompt in it, its last token evaluated again) whichever configuration
+//! ran first. Greedy answers from a prompt evaluated cold and from the same prompt
+//! in the cache differ now and then (llama.cpp's batch shapes change the sums), and
+//! unprimed, that moved about one answer in twenty between two configurations that
+//! send the same prompt (docs/benchmarks.md, "Eighth pass").
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -510,6 +518,9 @@ async fn run_engine(
         completer.start(prepared).await?.collect().await?;
     }
     let started = Instant::now();
+    // Primed (see the module's docs).
+    let primer = completer.prepare(request(&case.prompt, &case.suffix, 1), started);
+    completer.start(primer.await?).await?.collect().await?;
     let request = request(&case.prompt, &case.suffix, args.max_tokens);
     let prepared = completer.prepare(request, started).await?;
     let chunks = prepared.chunking().selected;
@@ -555,6 +566,16 @@ async fn run_window(
         },
         document: None,
     };
+    // Primed (see the module's docs).
+    let primer = GenerationInput {
+        settings: CompletionConfig {
+            max_tokens: 1,
+            ..input.settings.clone()
+        },
+        ..input.clone()
+    };
+    let Opened { mut stream, .. } = pipeline::open(&edge.backends, &primer).await?;
+    while stream.next().await.transpose()?.is_some() {}
     let Opened { mut stream, .. } = pipeline::open(&edge.backends, &input).await?;
     let mut raw = String::new();
     while let Some(event) = stream.next().await {

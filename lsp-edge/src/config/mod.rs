@@ -295,11 +295,19 @@ pub struct CompletionConfig {
     /// docs/benchmarks.md, "Completion quality").
     pub heal_trailing_whitespace: bool,
     /// A fill-in-the-middle answer whose first line repeats the line above the
-    /// cursor or the next one below it is rejected: vps-infer backs up to the token
-    /// the model was least sure of and takes another (`reject_first_line`). Small
-    /// models copy a neighbouring line instead of writing the missing one (measured in
-    /// docs/benchmarks.md, "Completion quality"). vps-infer backends only.
+    /// cursor or the next one below it is rejected: vps-infer backs up to where
+    /// another token makes the likeliest text and goes on from there
+    /// (`reject_first_line`). Small models copy a neighbouring line instead of writing
+    /// the missing one (measured in docs/benchmarks.md, "Completion quality").
+    /// vps-infer backends only.
     pub reject_neighbour_lines: bool,
+    /// When the cursor stands after a line's indentation with nothing after it, a
+    /// fill-in-the-middle answer's first line goes no deeper: vps-infer passes over
+    /// tokens that would indent it further for the likeliest one that does not
+    /// (`first_line_max_indent`). Small models otherwise go on inside a deeper block
+    /// instead of writing the line that belongs at the cursor (measured in
+    /// docs/benchmarks.md, "Completion quality"). vps-infer backends only.
+    pub cap_first_line_indent: bool,
 }
 
 /// The order of a fill-in-the-middle prompt's parts, as vps-infer lays them out.
@@ -334,6 +342,7 @@ impl Default for CompletionConfig {
             fim_order: FimOrder::Psm,
             heal_trailing_whitespace: true,
             reject_neighbour_lines: true,
+            cap_first_line_indent: true,
         }
     }
 }

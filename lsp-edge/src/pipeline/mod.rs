@@ -241,12 +241,28 @@ async fn open_on(backend: &Backend, input: &GenerationInput) -> Result<Opened, B
 fn outgoing(input: &GenerationInput, kind: BackendKind, fim: bool) -> (InferenceRequest, String) {
     let mut request = request_for(input, fim);
     let lead = heal_trailing_whitespace(input, &mut request);
-    if input.settings.reject_neighbour_lines && kind == BackendKind::VpsInfer {
-        if let Some(suffix) = &request.suffix {
+    if let (Some(suffix), BackendKind::VpsInfer) = (&request.suffix, kind) {
+        if input.settings.reject_neighbour_lines {
             request.reject_first_line = neighbour_lines(&request.prompt, &lead, suffix);
+        }
+        if input.settings.cap_first_line_indent {
+            request.first_line_max_indent = cursor_indent(&request.prompt, &lead, suffix);
         }
     }
     (request, lead)
+}
+
+/// The deepest indentation the answer's first line may have when the cursor stands
+/// after a line's indentation with nothing after it: `lead`, the whitespace healing
+/// took off the prompt (empty when it took none, the prompt ending in it). `None`
+/// elsewhere, and at the start of an empty line, where nothing says how deep the
+/// line goes.
+fn cursor_indent(prompt: &str, lead: &str, suffix: &str) -> Option<String> {
+    let before = prompt.rsplit_once('\n').map_or(prompt, |(_, line)| line);
+    let after = suffix.split_once('\n').map_or(suffix, |(line, _)| line);
+    let blank = |s: &str| s.chars().all(|c| c == ' ' || c == '\t');
+    let indented = !(before.is_empty() && lead.is_empty());
+    (indented && blank(before) && blank(lead) && after.trim().is_empty()).then(|| lead.to_owned())
 }
 
 /// Cuts the spaces and tabs that end a completion prompt (see
@@ -569,6 +585,21 @@ mod tests {
     }
 
     #[test]
+    fn the_first_line_goes_no_deeper_than_the_indentation_the_cursor_stands_after() {
+        let indent = |prompt, lead, suffix| cursor_indent(prompt, lead, suffix);
+        // After an Enter, healed: what healing took off.
+        assert_eq!(indent("if x:\n", "    ", "\n    y\n"), Some("    ".into()));
+        assert_eq!(indent("{\n", "\t", ""), Some("\t".into()));
+        // Not healed: no more than the prompt has.
+        assert_eq!(indent("if x:\n    ", "", "\n"), Some(String::new()));
+        // Nothing says how deep a line at column 0 goes.
+        assert_eq!(indent("x = 1\n", "", "\ny = 2"), None);
+        // Text before the cursor, or after it on its line.
+        assert_eq!(indent("    x =", " ", "\n"), None);
+        assert_eq!(indent("if x:\n", "    ", "return y\n"), None);
+    }
+
+    #[test]
     fn only_vps_infer_fim_requests_reject_the_neighbour_lines() {
         let fim = input(Prompt::Fim {
             prefix: "x = 1\n    ".into(),
@@ -587,5 +618,30 @@ mod tests {
         assert!(rejected(&off, BackendKind::VpsInfer, true).is_empty());
         let json = serde_json::to_value(outgoing(&fim, BackendKind::VpsInfer, true).0).unwrap();
         assert_eq!(json["reject_first_line"], serde_json::json!(both));
+    }
+
+    #[test]
+    fn only_vps_infer_fim_requests_cap_the_first_lines_indentation() {
+        let fim = input(Prompt::Fim {
+            prefix: "if x:\n    ".into(),
+            suffix: "\ny = 2\n".into(),
+            extra: Vec::new(),
+        });
+        let indent = |input: &GenerationInput, kind, as_fim| {
+            outgoing(input, kind, as_fim).0.first_line_max_indent
+        };
+        assert_eq!(
+            indent(&fim, BackendKind::VpsInfer, true),
+            Some("    ".into())
+        );
+        assert_eq!(indent(&fim, BackendKind::VpsInfer, false), None);
+        assert_eq!(indent(&fim, BackendKind::LlamaServer, true), None);
+        let mut off = fim.clone();
+        off.settings.cap_first_line_indent = false;
+        assert_eq!(indent(&off, BackendKind::VpsInfer, true), None);
+        let json = serde_json::to_value(outgoing(&fim, BackendKind::VpsInfer, true).0).unwrap();
+        assert_eq!(json["first_line_max_indent"], "    ");
+        let json = serde_json::to_value(outgoing(&off, BackendKind::VpsInfer, true).0).unwrap();
+        assert!(json.get("first_line_max_indent").is_none());
     }
 }

@@ -140,6 +140,7 @@ impl Translate {
                 stop: self.stop.into_iter().filter(|s| !s.is_empty()).collect(),
                 seed: seed(self.seed),
                 reject_first_line: Vec::new(),
+                first_line_max_indent: None,
             },
         })
     }

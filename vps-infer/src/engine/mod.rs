@@ -9,6 +9,7 @@
 mod error;
 pub mod first_line;
 pub mod gguf;
+pub mod indent;
 pub mod prompt;
 pub mod reuse;
 pub mod schedule;
@@ -45,6 +46,9 @@ pub struct Sampling {
     /// Lines the answer's first line must not be (`first_line`): the lines next to
     /// the cursor, which small models copy.
     pub reject_first_line: Vec<String>,
+    /// The deepest indentation the answer's first line may have (`indent`): the
+    /// cursor's, when it stands after one.
+    pub first_line_max_indent: Option<String>,
 }
 
 /// One generation request, validated.

@@ -38,6 +38,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::LlamaVocab;
 
 use super::first_line::{self, FirstLineGuard, Verdict};
+use super::indent::{Fit, Indent};
 use super::prompt::{self, FimTokens};
 use super::reuse::{self, Cached, Plan, Run};
 use super::schedule::{self, Candidate, Running};
@@ -329,6 +330,8 @@ struct Active {
     stops: StopMatcher,
     /// Holds the first line back while it may be one the request rejects.
     guard: Option<FirstLineGuard<LlamaToken>>,
+    /// Keeps the first line from going deeper than the request allows.
+    indent: Option<Indent>,
     generated: usize,
     first_token_at: Option<Instant>,
     gen_started: Option<Instant>,
@@ -630,6 +633,7 @@ impl<'m> Session<'m> {
         };
         let stops = StopMatcher::new(&sampling.stop);
         let guard = FirstLineGuard::new(&sampling.reject_first_line);
+        let indent = sampling.first_line_max_indent.as_deref().map(Indent::new);
         let priority = job.request.priority;
         Stats::add(&shared.stats.by_priority[priority.index()].started, 1);
         self.slots[i].active = Some(Active {
@@ -644,6 +648,7 @@ impl<'m> Session<'m> {
             utf8: Utf8Stream::default(),
             stops,
             guard,
+            indent,
             generated: 0,
             first_token_at: None,
             gen_started: None,
@@ -802,8 +807,34 @@ impl<'m> Session<'m> {
         if !end {
             vocab.token_to_piece_into(token, &mut piece, false, None);
         }
-        if let Some(guard) = active.guard.as_mut() {
-            let (candidates, logprob) = likeliest(&self.ctx, &vocab, at, token);
+        let indent = active.indent.as_mut().filter(|indent| indent.is_open());
+        if let Some(indent) = &indent {
+            if indent.fit(&piece) == Fit::No {
+                // Greedy and random picks keep no state that taking another token
+                // after the sampler chose would upset.
+                let fits = |piece: &[u8]| indent.fit(piece) != Fit::No;
+                if let Some((other, other_piece)) = likeliest_fitting(&self.ctx, &vocab, at, fits) {
+                    tracing::debug!(
+                        passed_over = ?String::from_utf8_lossy(&piece),
+                        taken = ?String::from_utf8_lossy(&other_piece),
+                        "kept the first line from going deeper"
+                    );
+                    (token, end, piece) = (other, false, other_piece);
+                }
+            }
+        }
+        let ranked = active.guard.is_some().then(|| {
+            let (mut candidates, logprob) = likeliest(&self.ctx, &vocab, at, token);
+            if let Some(indent) = &indent {
+                // A way out of a rejected line keeps the indentation too.
+                candidates.retain(|c| indent.fit(&c.piece) != Fit::No);
+            }
+            (candidates, logprob)
+        });
+        if let Some(indent) = indent {
+            indent.push(&piece);
+        }
+        if let (Some(guard), Some((candidates, logprob))) = (active.guard.as_mut(), ranked) {
             match guard.push(token, &piece, end, &candidates, logprob) {
                 Verdict::Hold if active.generated + 1 < max_tokens => {
                     active.generated += 1;
@@ -833,6 +864,9 @@ impl<'m> Session<'m> {
                     active.generated = keep;
                     token = other;
                     end = false;
+                    if let Some(indent) = active.indent.as_mut() {
+                        indent.restart(&text);
+                    }
                     piece = text;
                     // The rejected line's tokens after `keep` leave the cache.
                     let keep = active.tokens.len() + keep;
@@ -1198,6 +1232,37 @@ fn likeliest(
         .get(token.0 as usize)
         .map_or(f32::NEG_INFINITY, |&l| l - norm);
     (candidates, logprob)
+}
+
+/// How far down the model's ranking [`likeliest_fitting`] looks.
+const FITTING_SEARCH: usize = 4096;
+
+/// The likeliest token at batch index `at` whose text `fits`, with that text, among
+/// the [`FITTING_SEARCH`] likeliest; the end of the answer is never one.
+fn likeliest_fitting(
+    ctx: &LlamaContext<'_>,
+    vocab: &LlamaVocab<'_>,
+    at: i32,
+    fits: impl Fn(&[u8]) -> bool,
+) -> Option<(LlamaToken, Vec<u8>)> {
+    let logits = ctx.get_logits_ith(at);
+    let mut ranked: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+    let search = FITTING_SEARCH.min(ranked.len());
+    if search < ranked.len() {
+        ranked.select_nth_unstable_by(search, |a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(search);
+    }
+    ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    let mut piece = Vec::new();
+    ranked.into_iter().find_map(|(id, _)| {
+        let token = LlamaToken(id as i32);
+        if vocab.is_eog(token) {
+            return None;
+        }
+        piece.clear();
+        vocab.token_to_piece_into(token, &mut piece, false, None);
+        fits(&piece).then(|| (token, piece.clone()))
+    })
 }
 
 /// A job's prompt is in the cache: count it and start the generation clock.
