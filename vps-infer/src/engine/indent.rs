@@ -31,8 +31,8 @@ pub struct Indent {
 }
 
 impl Indent {
-    /// The answer's first line may be indented with `want` (spaces and tabs; empty
-    /// when the text must start at the cursor) or a part of it, no more.
+    /// The answer's first line may be indented with `want` (spaces and tabs; empty:
+    /// not at all) or a part of it, no more.
     pub fn new(want: &str) -> Indent {
         Indent {
             want: want.as_bytes().to_vec(),
