@@ -242,27 +242,100 @@ fn outgoing(input: &GenerationInput, kind: BackendKind, fim: bool) -> (Inference
     let mut request = request_for(input, fim);
     let lead = heal_trailing_whitespace(input, &mut request);
     if let (Some(suffix), BackendKind::VpsInfer) = (&request.suffix, kind) {
-        if input.settings.reject_neighbour_lines {
-            request.reject_first_line = neighbour_lines(&request.prompt, &lead, suffix);
-        }
-        if input.settings.cap_first_line_indent {
-            request.first_line_max_indent = cursor_indent(&request.prompt, &lead, suffix);
-        }
+        let cursor = AroundCursor::new(&request.prompt, &lead, suffix);
+        let settings = &input.settings;
+        let (neighbours, indent) = (
+            settings
+                .reject_neighbour_lines
+                .then(|| cursor.neighbour_lines()),
+            settings.cap_first_line_indent.then(|| cursor.indent()),
+        );
+        request.reject_first_line = neighbours.unwrap_or_default();
+        request.first_line_max_indent = indent.flatten();
     }
     (request, lead)
 }
 
-/// The deepest indentation the answer's first line may have when the cursor stands
-/// after a line's indentation with nothing after it: `lead`, the whitespace healing
-/// took off the prompt (empty when it took none, the prompt ending in it). `None`
-/// elsewhere, and at the start of an empty line, where nothing says how deep the
-/// line goes.
-fn cursor_indent(prompt: &str, lead: &str, suffix: &str) -> Option<String> {
-    let before = prompt.rsplit_once('\n').map_or(prompt, |(_, line)| line);
-    let after = suffix.split_once('\n').map_or(suffix, |(line, _)| line);
-    let blank = |s: &str| s.chars().all(|c| c == ' ' || c == '\t');
-    let indented = !(before.is_empty() && lead.is_empty());
-    (indented && blank(before) && blank(lead) && after.trim().is_empty()).then(|| lead.to_owned())
+/// A fill-in-the-middle request cut at the cursor's line.
+struct AroundCursor<'a> {
+    /// The lines above the cursor's.
+    above: &'a str,
+    /// The cursor's line before it, less `lead`.
+    before: &'a str,
+    /// The whitespace healing took off the prompt's end (empty when it took none).
+    lead: &'a str,
+    /// The cursor's line after it.
+    after: &'a str,
+    /// The lines below the cursor's.
+    below: &'a str,
+}
+
+impl<'a> AroundCursor<'a> {
+    fn new(prompt: &'a str, lead: &'a str, suffix: &'a str) -> AroundCursor<'a> {
+        let (above, before) = prompt.rsplit_once('\n').unwrap_or(("", prompt));
+        let (after, below) = suffix.split_once('\n').unwrap_or((suffix, ""));
+        AroundCursor {
+            above,
+            before,
+            lead,
+            after,
+            below,
+        }
+    }
+
+    /// Only spaces and tabs stand before the cursor on its line.
+    fn after_indentation(&self) -> bool {
+        let blank = |s: &str| s.chars().all(|c| c == ' ' || c == '\t');
+        blank(self.before) && blank(self.lead)
+    }
+
+    /// The deepest indentation the answer's first line may have when the cursor
+    /// stands after a line's indentation with nothing after it: `lead` (empty when
+    /// healing took none, the prompt ending in it). `None` elsewhere, and at the start
+    /// of an empty line, where nothing says how deep the line goes.
+    fn indent(&self) -> Option<String> {
+        let at_column_0 = self.before.is_empty() && self.lead.is_empty();
+        let alone = self.after_indentation() && self.after.trim().is_empty();
+        (alone && !at_column_0).then(|| self.lead.to_owned())
+    }
+
+    /// The lines next to the cursor's, as the answer's first line would spell them
+    /// (what follows the text before the cursor): the nearest line above that is not
+    /// blank, and the one below: the rest of the cursor's line when the cursor stands
+    /// before its text (a line inserted there must not repeat it), else the nearest
+    /// line below that is not blank. Nothing when the cursor is inside a line's text,
+    /// where the answer fills in part of that line.
+    fn neighbour_lines(&self) -> Vec<String> {
+        let AroundCursor {
+            above,
+            before,
+            lead,
+            after,
+            below,
+        } = *self;
+        let below = if after.trim().is_empty() {
+            below
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        } else if self.after_indentation() {
+            Some(format!("{before}{lead}{after}"))
+        } else {
+            return Vec::new();
+        };
+        let above = above.lines().rev().find(|l| !l.trim().is_empty());
+        let mut lines = Vec::new();
+        for line in [above, below.as_deref()].into_iter().flatten() {
+            let Some(rest) = line.trim_end().strip_prefix(before) else {
+                continue;
+            };
+            let fits = rest.len() <= MAX_REJECTED_LINE_BYTES;
+            if fits && !rest.trim().is_empty() && !lines.iter().any(|l| l == rest) {
+                lines.push(rest.to_owned());
+            }
+        }
+        lines
+    }
 }
 
 /// Cuts the spaces and tabs that end a completion prompt (see
@@ -284,40 +357,6 @@ fn heal_trailing_whitespace(input: &GenerationInput, request: &mut InferenceRequ
 
 /// The longest line vps-infer takes in `reject_first_line`.
 const MAX_REJECTED_LINE_BYTES: usize = 1024;
-
-/// The lines next to the cursor's, as the answer's first line would spell them (what
-/// follows the text before the cursor, `lead` being the whitespace healing took off
-/// it): the nearest line above that is not blank, and the one below: the rest of the
-/// cursor's line when the cursor stands before its text (a line inserted there must
-/// not repeat it), else the nearest line below that is not blank. Nothing when the
-/// cursor is inside a line's text, where the answer fills in part of that line.
-fn neighbour_lines(prompt: &str, lead: &str, suffix: &str) -> Vec<String> {
-    let (above, before) = prompt.rsplit_once('\n').unwrap_or(("", prompt));
-    let (after, below) = suffix.split_once('\n').unwrap_or((suffix, ""));
-    let at_line_start = before.trim().is_empty() && lead.trim().is_empty();
-    let below = if after.trim().is_empty() {
-        below
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-    } else if at_line_start {
-        Some(format!("{before}{lead}{after}"))
-    } else {
-        return Vec::new();
-    };
-    let above = above.lines().rev().find(|l| !l.trim().is_empty());
-    let mut lines = Vec::new();
-    for line in [above, below.as_deref()].into_iter().flatten() {
-        let Some(rest) = line.trim_end().strip_prefix(before) else {
-            continue;
-        };
-        let fits = rest.len() <= MAX_REJECTED_LINE_BYTES;
-        if fits && !rest.trim().is_empty() && !lines.iter().any(|l| l == rest) {
-            lines.push(rest.to_owned());
-        }
-    }
-    lines
-}
 
 /// Runs one generation. `deadline` bounds the whole call: when it passes, the
 /// text that has arrived is the answer.
@@ -547,7 +586,8 @@ mod tests {
 
     #[test]
     fn the_lines_next_to_the_cursor_are_rejected_as_the_first_line() {
-        let lines = |prompt, lead, suffix| neighbour_lines(prompt, lead, suffix);
+        let lines =
+            |prompt, lead, suffix| AroundCursor::new(prompt, lead, suffix).neighbour_lines();
         let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // After an Enter, healed: the prompt ends at the line break.
         let prompt = "def f(x):\n    y = g(x)\n\n";
@@ -586,7 +626,7 @@ mod tests {
 
     #[test]
     fn the_first_line_goes_no_deeper_than_the_indentation_the_cursor_stands_after() {
-        let indent = |prompt, lead, suffix| cursor_indent(prompt, lead, suffix);
+        let indent = |prompt, lead, suffix| AroundCursor::new(prompt, lead, suffix).indent();
         // After an Enter, healed: what healing took off.
         assert_eq!(indent("if x:\n", "    ", "\n    y\n"), Some("    ".into()));
         assert_eq!(indent("{\n", "\t", ""), Some("\t".into()));
@@ -599,13 +639,17 @@ mod tests {
         assert_eq!(indent("if x:\n", "    ", "return y\n"), None);
     }
 
+    fn fim_input(prefix: &str, suffix: &str) -> GenerationInput {
+        input(Prompt::Fim {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            extra: Vec::new(),
+        })
+    }
+
     #[test]
     fn only_vps_infer_fim_requests_reject_the_neighbour_lines() {
-        let fim = input(Prompt::Fim {
-            prefix: "x = 1\n    ".into(),
-            suffix: "\ny = 2\n".into(),
-            extra: Vec::new(),
-        });
+        let fim = fim_input("x = 1\n    ", "\ny = 2\n");
         let rejected = |input: &GenerationInput, kind, as_fim| {
             outgoing(input, kind, as_fim).0.reject_first_line
         };
@@ -622,11 +666,7 @@ mod tests {
 
     #[test]
     fn only_vps_infer_fim_requests_cap_the_first_lines_indentation() {
-        let fim = input(Prompt::Fim {
-            prefix: "if x:\n    ".into(),
-            suffix: "\ny = 2\n".into(),
-            extra: Vec::new(),
-        });
+        let fim = fim_input("if x:\n    ", "\ny = 2\n");
         let indent = |input: &GenerationInput, kind, as_fim| {
             outgoing(input, kind, as_fim).0.first_line_max_indent
         };
