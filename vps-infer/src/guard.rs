@@ -1,8 +1,10 @@
 //! Resource guards: refuse new work while other processes hog the CPU or memory runs low.
 //!
-//! A background thread samples the machine once a second (sysinfo needs two samples to
-//! compute CPU use). CPU used by vps-infer itself is subtracted, so our own decoding
-//! never trips our own guard.
+//! A background thread samples the machine once a second. sysinfo computes CPU use
+//! between two samples, so the first sample only sets the baseline: on its own it reads
+//! as the average since boot, and right after a long build that refused the first
+//! requests of a fresh start. CPU used by vps-infer itself is subtracted, so our own
+//! decoding never trips our own guard.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -42,12 +44,7 @@ pub struct ResourceGuard {
 impl ResourceGuard {
     /// Starts the sampler thread; it lives as long as the process.
     pub fn start(config: GuardConfig) -> Arc<ResourceGuard> {
-        let guard = Arc::new(ResourceGuard {
-            config,
-            other_cpu_percent: AtomicU32::new(0f32.to_bits()),
-            available_mb: AtomicU64::new(u64::MAX),
-            sampled: AtomicBool::new(false),
-        });
+        let guard = Arc::new(ResourceGuard::unsampled(config));
         let weak = Arc::downgrade(&guard);
         let spawned = std::thread::Builder::new()
             .name("resource-guard".into())
@@ -66,7 +63,18 @@ impl ResourceGuard {
         guard
     }
 
+    /// A guard that lets everything through until its first samples.
+    fn unsampled(config: GuardConfig) -> ResourceGuard {
+        ResourceGuard {
+            config,
+            other_cpu_percent: AtomicU32::new(0f32.to_bits()),
+            available_mb: AtomicU64::new(u64::MAX),
+            sampled: AtomicBool::new(false),
+        }
+    }
+
     fn sample(&self, sys: &mut System, pid: Pid) {
+        let baseline_only = !self.sampled.load(Relaxed);
         sys.refresh_cpu_usage();
         sys.refresh_memory();
         sys.refresh_processes_specifics(
@@ -74,15 +82,18 @@ impl ResourceGuard {
             true,
             ProcessRefreshKind::nothing().with_cpu(),
         );
+        self.available_mb
+            .store(sys.available_memory() / (1024 * 1024), Relaxed);
+        self.sampled.store(true, Relaxed);
+        if baseline_only {
+            return;
+        }
         let n_cpus = sys.cpus().len().max(1) as f32;
         let total = sys.global_cpu_usage();
         // A process's usage is in percent of one core; the global figure is of all cores.
         let own = sys.process(pid).map_or(0.0, |p| p.cpu_usage() / n_cpus);
         let other = (total - own).max(0.0);
         self.other_cpu_percent.store(other.to_bits(), Relaxed);
-        self.available_mb
-            .store(sys.available_memory() / (1024 * 1024), Relaxed);
-        self.sampled.store(true, Relaxed);
     }
 
     pub fn other_cpu_percent(&self) -> f32 {
@@ -145,6 +156,22 @@ mod tests {
         let why = guard(70.0, 1024, 10.0, 512).check().unwrap_err();
         assert!(matches!(why, Refusal::Memory { .. }), "{why:?}");
         assert!(why.to_string().contains("512 MB"), "{why}");
+    }
+
+    #[test]
+    fn first_sample_sets_the_cpu_baseline_only() {
+        let guard = ResourceGuard::unsampled(GuardConfig {
+            max_cpu_percent: 0.0,
+            min_free_memory_mb: 0,
+        });
+        let mut sys = System::new();
+        let pid = Pid::from_u32(std::process::id());
+        // Alone, one sample reads the average since boot, never exactly 0 on a
+        // machine that has run anything; the guard must not act on it.
+        guard.sample(&mut sys, pid);
+        assert_eq!(guard.other_cpu_percent(), 0.0);
+        assert!(guard.available_mb().is_some_and(|mb| mb > 0));
+        assert!(guard.check().is_ok());
     }
 
     #[test]

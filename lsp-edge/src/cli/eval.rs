@@ -31,18 +31,18 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cerebrum_context::{ContextEngine, EngineConfig, Language};
 use serde::Serialize;
 
-use crate::backend::StreamEvent;
+use crate::backend::{BackendError, StreamEvent};
 use crate::config::{CompletionConfig, Config, Overrides};
 use crate::edge::Edge;
 use crate::pipeline::script::{Completer, CompletionRequest};
 use crate::pipeline::stats::HttpStats;
-use crate::pipeline::{self, GenerationInput, Opened, Prompt};
+use crate::pipeline::{self, GenerationInput, Opened, PipelineError, Prompt};
 
 /// Files smaller than this are left out: the engine sends them whole, so they say
 /// nothing about context selection.
@@ -599,6 +599,32 @@ async fn run_window(
     anyhow::bail!("vps-infer's stream ended without its final event")
 }
 
+/// How many times one request is asked again while the backend says it is busy.
+const BUSY_RETRIES: u32 = 12;
+
+/// How long to wait when the backend refused for now (a 503: vps-infer's resource
+/// guard, a model still loading), honouring its `Retry-After` within 1-30 s; `None`
+/// for every other error.
+fn busy_for(err: &anyhow::Error) -> Option<Duration> {
+    let backend = match err.downcast_ref::<PipelineError>() {
+        Some(PipelineError::Backend(backend)) => backend,
+        Some(_) => return None,
+        None => err.downcast_ref::<BackendError>()?,
+    };
+    match backend {
+        BackendError::Api {
+            status: 503,
+            retry_after,
+            ..
+        } => Some(
+            retry_after
+                .unwrap_or(Duration::from_secs(5))
+                .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        ),
+        _ => None,
+    }
+}
+
 fn failed(err: &anyhow::Error) -> Outcome {
     Outcome {
         text: String::new(),
@@ -790,10 +816,27 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         // (caches warm, load from the previous case) evenly across variants.
         for k in 0..variants.len() {
             let variant = &variants[(i + k) % variants.len()];
-            let outcome = match &variant.runner {
-                Runner::Engine(completer) => run_engine(completer, case, &args).await,
-                Runner::Window { before, after } => {
-                    run_window(&main_edge, case, *before, *after, &args).await
+            let mut busy = 0;
+            let outcome = loop {
+                let outcome = match &variant.runner {
+                    Runner::Engine(completer) => run_engine(completer, case, &args).await,
+                    Runner::Window { before, after } => {
+                        run_window(&main_edge, case, *before, *after, &args).await
+                    }
+                };
+                // An evaluation is a batch job: when the backend is busy it waits
+                // rather than score the case as a miss.
+                match outcome.as_ref().err().and_then(busy_for) {
+                    Some(wait) if busy < BUSY_RETRIES => {
+                        busy += 1;
+                        eprintln!(
+                            "case {i} {}: the backend is busy; asking again in {}s",
+                            variant.name,
+                            wait.as_secs()
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => break outcome,
                 }
             };
             let outcome = outcome.unwrap_or_else(|err| failed(&err));
@@ -858,6 +901,27 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_only_when_the_backend_is_busy() {
+        let api = |status, retry_after| BackendError::Api {
+            status,
+            kind: "unavailable_error".into(),
+            message: "server busy".into(),
+            retry_after,
+        };
+        let busy = anyhow::Error::from(PipelineError::from(api(503, None)));
+        assert_eq!(busy_for(&busy), Some(Duration::from_secs(5)));
+        let told = anyhow::Error::from(api(503, Some(Duration::from_secs(2))));
+        assert_eq!(busy_for(&told), Some(Duration::from_secs(2)));
+        let long = anyhow::Error::from(api(503, Some(Duration::from_secs(600))));
+        assert_eq!(busy_for(&long), Some(Duration::from_secs(30)));
+        assert_eq!(busy_for(&anyhow::Error::from(api(500, None))), None);
+        assert_eq!(busy_for(&anyhow::Error::from(api(400, None))), None);
+        let broken = anyhow::Error::from(BackendError::Stream("reset".into()));
+        assert_eq!(busy_for(&broken), None);
+        assert_eq!(busy_for(&anyhow::anyhow!("something else")), None);
+    }
 
     #[test]
     fn edit_similarity_counts_characters() {
