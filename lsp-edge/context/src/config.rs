@@ -9,8 +9,14 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
-    /// Most extra chunks in a prompt (the enclosing chunk counts, and is always kept).
+    /// Most chunks sent beside the windows of a fill-in-the-middle prompt. None by
+    /// default: on seeds that no earlier choice was made on, longer windows alone
+    /// scored higher than the same windows shortened for chunks, with both models
+    /// (docs/benchmarks.md, "Completion quality", tenth pass).
     pub max_chunks: usize,
+    /// Most chunks in an instruction prompt (the enclosing and the selected chunks
+    /// count, and are always kept).
+    pub instruction_max_chunks: usize,
     /// Most characters of selected chunks.
     pub budget_chars: usize,
     /// A chunk larger than this splits at nested definitions, then at lines.
@@ -64,14 +70,15 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            max_chunks: 3,
+            max_chunks: 0,
+            instruction_max_chunks: 3,
             budget_chars: 4_000,
             max_chunk_chars: 1_200,
-            prefix_max_lines: 60,
+            prefix_max_lines: 100,
             window_step_lines: 16,
-            prefix_max_chars: 3_000,
-            suffix_max_lines: 15,
-            suffix_max_chars: 800,
+            prefix_max_chars: 3_500,
+            suffix_max_lines: 40,
+            suffix_max_chars: 1_200,
             min_chars_to_chunk: 5_000,
             min_saving: 0.10,
             fallback_block_chars: 1_000,

@@ -404,7 +404,7 @@ impl Request<'_> {
 
     /// Ranks candidates against `query` plus the names-near-cursor boost, and
     /// selects: kept chunks first, then by score (ties: nearer the cursor) while
-    /// within `max_chunks` and the budget; returned in document order.
+    /// within the mode's most chunks and the budget; returned in document order.
     fn select(
         &self,
         candidates: Vec<Chunk>,
@@ -419,6 +419,10 @@ impl Request<'_> {
         // Without an instruction (FIM), rank by the cursor and add nothing that
         // does not match it rather than guess.
         let positive_only = window.is_some();
+        let max_chunks = match window {
+            Some(_) => config.max_chunks,
+            None => config.instruction_max_chunks,
+        };
         let near: HashSet<&str> = region.iter().flat_map(|part| identifiers(part)).collect();
         let sticky: HashSet<u64> = match window {
             Some(_) => self.doc.last_picks().into_iter().collect(),
@@ -462,7 +466,7 @@ impl Request<'_> {
         for i in order {
             let chunk = &candidates[i];
             let keep = self.must_keep(chunk);
-            if !keep && (picked.len() >= config.max_chunks || (positive_only && scores[i] <= 0.0)) {
+            if !keep && (picked.len() >= max_chunks || (positive_only && scores[i] <= 0.0)) {
                 continue;
             }
             let size = chunk.text(self.text).chars().count();

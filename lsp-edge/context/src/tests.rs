@@ -4,7 +4,7 @@
 use expect_test::{expect, Expect};
 
 use crate::chunk::ChunkKind;
-use crate::{render_text, ContextEngine, ContextOptions, EngineConfig, Language};
+use crate::{render_text, ContextEngine, ContextOptions, EngineConfig, Language, Mode};
 
 /// Small limits so that short fixtures exercise splitting and selection.
 fn small_config() -> EngineConfig {
@@ -12,6 +12,7 @@ fn small_config() -> EngineConfig {
         min_chars_to_chunk: 0,
         min_saving: 0.0,
         max_chunk_chars: 400,
+        max_chunks: 3,
         prefix_max_lines: 3,
         suffix_max_lines: 1,
         ..EngineConfig::default()
@@ -524,6 +525,33 @@ fn fim_adds_definitions_used_near_the_cursor() {
 }
 
 #[test]
+fn by_default_fim_sends_its_windows_alone_and_instructions_chunks() {
+    // Long enough to chunk, with prefix and suffix windows that leave code out.
+    let config = EngineConfig {
+        min_chars_to_chunk: 0,
+        min_saving: 0.0,
+        prefix_max_lines: 3,
+        suffix_max_lines: 1,
+        ..EngineConfig::default()
+    };
+    let engine = ContextEngine::new(config).unwrap();
+    let (text, at) = cursor(PYTHON_SERVICE);
+    let fim = engine.context_for_text(Language::Python, &text, at, &ContextOptions::default());
+    assert_eq!(fim.mode, Mode::Fim);
+    assert!(fim.extra.is_empty(), "{:?}", fim.extra);
+    assert_eq!(fim.stats.chunks_selected, 0);
+    assert!(fim.prefix.len() + fim.suffix.len() < text.len());
+
+    let opts = ContextOptions {
+        instruction: Some("Make load_users handle a missing file".into()),
+        ..ContextOptions::default()
+    };
+    let instruction = engine.context_for_text(Language::Python, &text, at, &opts);
+    assert_eq!(instruction.mode, Mode::Instruction);
+    assert_eq!(instruction.stats.chunks_selected, 3);
+}
+
+#[test]
 fn fim_in_rust_impl() {
     let fixture = RUST_ITEMS.replace(
         "self.items.get(key)",
@@ -621,7 +649,7 @@ fn instruction_mode_keeps_the_enclosing_chunk_and_ranks_by_instruction() {
         selection: None,
     };
     let config = EngineConfig {
-        max_chunks: 2,
+        instruction_max_chunks: 2,
         ..small_config()
     };
     expect![[r#"
@@ -657,7 +685,7 @@ fn instruction_mode_keeps_the_enclosing_chunk_and_ranks_by_instruction() {
 fn instruction_in_the_text_is_extracted() {
     let fixture = format!("# TODO: convert fetch_user to a dict lookup\n{PYTHON_SERVICE}");
     let config = EngineConfig {
-        max_chunks: 2,
+        instruction_max_chunks: 2,
         ..small_config()
     };
     let out = render(
@@ -707,13 +735,13 @@ fn selection_is_always_kept() {
         selection: Some(start..start + 10),
     };
     let config = EngineConfig {
-        max_chunks: 1,
+        instruction_max_chunks: 1,
         ..small_config()
     };
     let engine = ContextEngine::new(config).unwrap();
     let ctx = engine.context_for_text(Language::Python, &text, 0, &opts);
     let labels: Vec<&str> = ctx.extra.iter().map(|c| c.label.as_str()).collect();
-    // The chunk at the cursor (offset 0) and the selected one, over max_chunks.
+    // The chunk at the cursor (offset 0) and the selected one, over instruction_max_chunks.
     assert_eq!(labels, ["line 1", "unrelated_math"]);
 }
 

@@ -43,7 +43,7 @@ fn duplicates_collapse_and_the_instruction_comes_first() {
 #[test]
 fn with_room_for_every_chunk_each_appears_once() {
     let ctx = run(EngineConfig {
-        max_chunks: 100,
+        instruction_max_chunks: 100,
         budget_chars: 100_000,
         ..EngineConfig::default()
     });
