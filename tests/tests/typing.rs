@@ -144,14 +144,24 @@ fn a_keystroke_and_an_enter_in_a_long_file_evaluate_only_what_changed() {
     assert_eq!(enter.requests, 1, "{answer}");
     assert!(enter.evaluated <= FRESH + 24, "{enter:?}");
 
-    // Three more lines typed back: each Enter stays cheap.
+    // Three more lines typed back: each Enter stays cheap, but for one at most where
+    // the prefix window takes its 16-line step and the prompt is read again (where
+    // that falls depends on the cursor's place against the window's limits; the next
+    // step is 16 lines' worth of text away).
     let mut text = entered;
+    let mut steps = Vec::new();
     for line in ["x = 1", "y = 2", "z = 3"] {
         text.push_str(line);
         text.push_str("\n        ");
         let (_, enter) = cost(&infer, || complete(&edge, &text, after));
-        assert!(enter.evaluated <= FRESH + 24, "after {line:?}: {enter:?}");
+        if enter.evaluated > FRESH + 24 {
+            steps.push((line, enter));
+        }
     }
+    assert!(
+        steps.len() <= 1,
+        "Enters that read the window again: {steps:?}"
+    );
 }
 
 #[test]
