@@ -536,12 +536,18 @@ impl Request<'_> {
         } = self.dedup(chunks, seen);
         stats.chunks_total = total;
         stats.chunks_unique = unique;
-        let candidates: Vec<Chunk> = chunks.into_iter().filter(|c| !overlaps(c)).collect();
-        let mut query = Vec::new();
-        for part in self.cursor_region(Some(&window)) {
-            terms(part, &mut query);
-        }
-        let selected = self.select(candidates, &query, Some(&window), frame.as_deref());
+        // With no chunks to pick (the default) and nothing that must be kept, the
+        // ranking would only pick none: it is skipped, as it runs at every keystroke.
+        let selected = if config.max_chunks == 0 && self.opts.selection.is_none() {
+            Vec::new()
+        } else {
+            let candidates: Vec<Chunk> = chunks.into_iter().filter(|c| !overlaps(c)).collect();
+            let mut query = Vec::new();
+            for part in self.cursor_region(Some(&window)) {
+                terms(part, &mut query);
+            }
+            self.select(candidates, &query, Some(&window), frame.as_deref())
+        };
         self.doc.set_picks(
             selected
                 .iter()
