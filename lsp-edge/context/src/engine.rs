@@ -414,16 +414,24 @@ impl Request<'_> {
         frame: Option<&str>,
     ) -> Vec<Chunk> {
         let config = self.config();
+        let max_chunks = match window {
+            Some(_) => config.max_chunks,
+            None => config.instruction_max_chunks,
+        };
+        if max_chunks == 0 {
+            // Only the kept chunks can be picked (a completion's default): the
+            // ranking, which would run at every keystroke, has nothing to choose.
+            return candidates
+                .into_iter()
+                .filter(|c| self.must_keep(c))
+                .collect();
+        }
         let index = Bm25::new(candidates.iter().map(|c| c.text(self.text)));
         let mut scores = index.scores(query);
         let region = self.cursor_region(window);
         // Without an instruction (FIM), rank by the cursor and add nothing that
         // does not match it rather than guess.
         let positive_only = window.is_some();
-        let max_chunks = match window {
-            Some(_) => config.max_chunks,
-            None => config.instruction_max_chunks,
-        };
         let near: HashSet<&str> = region.iter().flat_map(|part| identifiers(part)).collect();
         let sticky: HashSet<u64> = match window {
             Some(_) => self.doc.last_picks().into_iter().collect(),
@@ -536,18 +544,12 @@ impl Request<'_> {
         } = self.dedup(chunks, seen);
         stats.chunks_total = total;
         stats.chunks_unique = unique;
-        // With no chunks to pick (the default) and nothing that must be kept, the
-        // ranking would only pick none: it is skipped, as it runs at every keystroke.
-        let selected = if config.max_chunks == 0 && self.opts.selection.is_none() {
-            Vec::new()
-        } else {
-            let candidates: Vec<Chunk> = chunks.into_iter().filter(|c| !overlaps(c)).collect();
-            let mut query = Vec::new();
-            for part in self.cursor_region(Some(&window)) {
-                terms(part, &mut query);
-            }
-            self.select(candidates, &query, Some(&window), frame.as_deref())
-        };
+        let candidates: Vec<Chunk> = chunks.into_iter().filter(|c| !overlaps(c)).collect();
+        let mut query = Vec::new();
+        for part in self.cursor_region(Some(&window)) {
+            terms(part, &mut query);
+        }
+        let selected = self.select(candidates, &query, Some(&window), frame.as_deref());
         self.doc.set_picks(
             selected
                 .iter()
