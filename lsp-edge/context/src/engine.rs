@@ -10,7 +10,7 @@ use crate::chunk::{chunk_text, Chunk, ChunkKind, LineIndex};
 use crate::dedup::fingerprint;
 use crate::document::floor_char_boundary;
 use crate::prompt::{instruction_prompt, windows};
-use crate::rank::{identifiers, terms, Bm25, Term};
+use crate::rank::{identifiers, terms, Bm25};
 use crate::{
     extract_instruction, ChunkQuery, Context, ContextError, ContextStats, Document, EngineConfig,
     ExtraChunk, FunctionQuery, Language, Mode,
@@ -402,14 +402,14 @@ impl Request<'_> {
         }
     }
 
-    /// Ranks candidates against `query` plus the names-near-cursor boost, and
-    /// selects: kept chunks first, then by score (ties: nearer the cursor) while
+    /// Ranks candidates against the instruction's terms (a completion: the cursor
+    /// region's) plus the names-near-cursor boost, and selects: kept chunks first, then by score (ties: nearer the cursor) while
     /// within the mode's limit (`max_chunks` for a completion, `instruction_max_chunks`
     /// for an instruction) and the budget; returned in document order.
     fn select(
         &self,
         candidates: Vec<Chunk>,
-        query: &[Term],
+        instruction: Option<&str>,
         window: Option<&Range<usize>>,
         frame: Option<&str>,
     ) -> Vec<Chunk> {
@@ -426,9 +426,14 @@ impl Request<'_> {
                 .filter(|c| self.must_keep(c))
                 .collect();
         }
-        let index = Bm25::new(candidates.iter().map(|c| c.text(self.text)));
-        let mut scores = index.scores(query);
         let region = self.cursor_region(window);
+        let mut query = Vec::new();
+        match instruction {
+            Some(instruction) => terms(instruction, &mut query),
+            None => region.iter().for_each(|part| terms(part, &mut query)),
+        }
+        let index = Bm25::new(candidates.iter().map(|c| c.text(self.text)));
+        let mut scores = index.scores(&query);
         // Without an instruction (FIM), rank by the cursor and add nothing that
         // does not match it rather than guess.
         let positive_only = window.is_some();
@@ -545,11 +550,7 @@ impl Request<'_> {
         stats.chunks_total = total;
         stats.chunks_unique = unique;
         let candidates: Vec<Chunk> = chunks.into_iter().filter(|c| !overlaps(c)).collect();
-        let mut query = Vec::new();
-        for part in self.cursor_region(Some(&window)) {
-            terms(part, &mut query);
-        }
-        let selected = self.select(candidates, &query, Some(&window), frame.as_deref());
+        let selected = self.select(candidates, None, Some(&window), frame.as_deref());
         self.doc.set_picks(
             selected
                 .iter()
@@ -607,9 +608,7 @@ impl Request<'_> {
             } = self.dedup(self.chunks(), HashSet::new());
             stats.chunks_total = total;
             stats.chunks_unique = unique;
-            let mut query = Vec::new();
-            terms(instruction, &mut query);
-            selected = self.select(chunks, &query, None, None);
+            selected = self.select(chunks, Some(instruction), None, None);
             let joined = join_chunks(text, &selected);
             if (joined.chars().count() as f32)
                 < (1.0 - self.config().min_saving) * text_chars as f32
