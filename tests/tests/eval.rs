@@ -45,6 +45,7 @@ fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
     );
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     assert_eq!(report["count"], 2);
+    assert_eq!(report["hole_lines"], 1);
     let scores = report["scores"].as_array().unwrap();
     let names: Vec<&str> = scores.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["cerebrum", "window 1200/400"]);
@@ -114,4 +115,15 @@ fn eval_names_a_missing_source() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/cerebrum-eval"), "{stderr}");
+}
+
+#[test]
+fn eval_refuses_a_hole_of_no_lines() {
+    let output = eval_command()
+        .args(["--list", "--hole-lines", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--hole-lines"), "{stderr}");
 }

@@ -12,6 +12,12 @@
 //! `1 - levenshtein / max(chars)`. Generation is greedy and stops at the first
 //! newline, which changes nothing about the first line and saves decoding.
 //!
+//! With `--hole-lines N`, a case also takes out the N - 1 lines below the hole's, as
+//! when new code is written and the text after the cursor does not follow the line
+//! being written; the first line is scored as before. Single-line holes let a method
+//! win by fitting the line to the text right after it (docs/benchmarks.md, "Thirteenth
+//! pass"), so a change to how answers are chosen is checked on both.
+//!
 //! Cases are deterministic for a seed and the same trees: files are listed in sorted
 //! order, case `i` draws from source `i mod sources` (so each `--source` weighs
 //! the same), a file uniformly, then an eligible line uniformly. Eligible lines hold
@@ -84,6 +90,12 @@ pub struct EvalArgs {
     /// earlier prompt. Measures what cache reuse does to answers; engine runs only.
     #[arg(long)]
     pub after_enter: bool,
+    /// Take out this many lines from each hole's on (the lines below it go too), as
+    /// when new code is written: the text after the cursor then does not follow the
+    /// line being written. The answer's first line is scored against the hole's line
+    /// as before; a hole near the end of its file takes what lines there are.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub hole_lines: u16,
     /// Leave out the engine with the main configuration (compare variants only).
     #[arg(long)]
     pub no_engine: bool,
@@ -327,6 +339,18 @@ pub fn make_cases(
     Ok(cases)
 }
 
+/// Takes the `lines - 1` lines below the hole's out of `case` too: its suffix then
+/// starts with the line break that ends the last of them (or is empty at the end of
+/// the file).
+pub fn widen(case: &mut Case, lines: usize) {
+    let cut = case
+        .suffix
+        .match_indices('\n')
+        .nth(lines.saturating_sub(1))
+        .map_or(case.suffix.len(), |(at, _)| at);
+    case.suffix.replace_range(..cut, "");
+}
+
 /// The text before the cursor a keystroke before the case, when the user was at the end
 /// of the line above, about to press Enter: the case's prompt less its last line break
 /// and indentation. The suffix is the same (it starts with the hole line's own break).
@@ -455,6 +479,8 @@ pub struct CaseResult {
 pub struct Report {
     pub seed: u64,
     pub count: usize,
+    /// Lines each hole takes out (`--hole-lines`).
+    pub hole_lines: u16,
     pub sources: Vec<String>,
     pub model: Option<String>,
     pub scores: Vec<Score>,
@@ -694,8 +720,12 @@ fn score(name: &str, results: &[CaseResult]) -> Score {
 
 /// The table `lsp-edge eval` prints without `--json`.
 pub fn render_table(report: &Report) -> String {
+    let holes = match report.hole_lines {
+        1 => String::new(),
+        n => format!(", holes of {n} lines"),
+    };
     let mut out = format!(
-        "{} cases (seed {}), model {}\n{:<24} {:>6} {:>9} {:>10} {:>9} {:>8} {:>7} {:>6}\n",
+        "{} cases (seed {}{holes}), model {}\n{:<24} {:>6} {:>9} {:>10} {:>9} {:>8} {:>7} {:>6}\n",
         report.count,
         report.seed,
         report.model.as_deref().unwrap_or("(vps-infer's default)"),
@@ -749,12 +779,15 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         ContextEngine::new(EngineConfig::default()).context("cannot build the context engine")?;
     let sources = args.sources.clone();
     let (languages, seed, count) = (args.languages.clone(), args.seed, args.count);
-    let cases =
+    let mut cases =
         tokio::task::spawn_blocking(move || make_cases(&engine, &sources, &languages, seed, count))
             .await
             .context("drawing cases failed")??;
     if cases.is_empty() {
         anyhow::bail!("the sources hold no eligible line");
+    }
+    for case in &mut cases {
+        widen(case, usize::from(args.hole_lines));
     }
     if args.list {
         for case in &cases {
@@ -881,6 +914,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let report = Report {
         seed: args.seed,
         count: cases.len(),
+        hole_lines: args.hole_lines,
         sources: args
             .sources
             .iter()
@@ -1029,6 +1063,29 @@ mod tests {
     }
 
     #[test]
+    fn a_wider_hole_takes_the_lines_below_it_out_too() {
+        let case = |suffix: &str| Case {
+            id: 0,
+            path: "m.py".into(),
+            language: "python",
+            line: 2,
+            expected: "x = 1".into(),
+            prompt: "def f():\n    ".into(),
+            suffix: suffix.into(),
+        };
+        let mut one = case("\n    y = 2\n    return x\n\nz = 3\n");
+        widen(&mut one, 1);
+        assert_eq!(one.suffix, "\n    y = 2\n    return x\n\nz = 3\n");
+        let mut three = one.clone();
+        widen(&mut three, 3);
+        assert_eq!(three.suffix, "\n\nz = 3\n");
+        assert_eq!(three.expected, "x = 1");
+        let mut past_the_end = case("\n    y = 2");
+        widen(&mut past_the_end, 3);
+        assert_eq!(past_the_end.suffix, "");
+    }
+
+    #[test]
     fn scores_count_errors_as_misses_and_the_table_names_every_variant() {
         let case = |id: usize, language: &'static str| Case {
             id,
@@ -1072,13 +1129,24 @@ mod tests {
         let report = Report {
             seed: 1,
             count: 2,
+            hole_lines: 1,
             sources: Vec::new(),
             model: None,
             scores: vec![score],
             cases: results,
         };
         let table = render_table(&report);
+        assert!(table.starts_with("2 cases (seed 1), model"), "{table}");
         assert!(table.contains("\na "), "{table}");
         assert!(table.contains("0.500"), "{table}");
+        let wide = Report {
+            hole_lines: 4,
+            ..report
+        };
+        let table = render_table(&wide);
+        assert!(
+            table.starts_with("2 cases (seed 1, holes of 4 lines)"),
+            "{table}"
+        );
     }
 }
