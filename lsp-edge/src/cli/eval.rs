@@ -90,10 +90,10 @@ pub struct EvalArgs {
     /// earlier prompt. Measures what cache reuse does to answers; engine runs only.
     #[arg(long)]
     pub after_enter: bool,
-    /// Take out this many lines from each hole's on (the lines below it go too), as
-    /// when new code is written: the text after the cursor then does not follow the
-    /// line being written. The answer's first line is scored against the hole's line
-    /// as before; a hole near the end of its file takes what lines there are.
+    /// Take out this many lines at each hole: its own and the ones below it, as when
+    /// new code is written and the text after the cursor does not follow the line
+    /// being written. The answer's first line is scored against the hole's line as
+    /// before; a hole near the end of its file takes what lines there are.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
     pub hole_lines: u16,
     /// Leave out the engine with the main configuration (compare variants only).
