@@ -403,9 +403,10 @@ impl Request<'_> {
     }
 
     /// Ranks candidates against the instruction's terms (a completion: the cursor
-    /// region's) plus the names-near-cursor boost, and selects: kept chunks first, then by score (ties: nearer the cursor) while
-    /// within the mode's limit (`max_chunks` for a completion, `instruction_max_chunks`
-    /// for an instruction) and the budget; returned in document order.
+    /// region's) plus the names-near-cursor boost, and selects: kept chunks first,
+    /// then by score (ties: nearer the cursor) while within the mode's limit
+    /// (`max_chunks` for a completion, `instruction_max_chunks` for an instruction)
+    /// and the budget; returned in document order.
     fn select(
         &self,
         candidates: Vec<Chunk>,

@@ -286,6 +286,7 @@ pub fn make_cases(
     languages: &[Language],
     seed: u64,
     count: usize,
+    hole_lines: usize,
 ) -> anyhow::Result<Vec<Case>> {
     let mut trees = Vec::new();
     for source in sources {
@@ -333,22 +334,21 @@ pub fn make_cases(
             line: text[..cursor].matches('\n').count() + 1,
             expected: text[cursor..end].trim_end().to_owned(),
             prompt: text[..cursor].to_owned(),
-            suffix: text[end..].to_owned(),
+            suffix: below_hole(&text[end..], hole_lines).to_owned(),
         });
     }
     Ok(cases)
 }
 
-/// Takes the `lines - 1` lines below the hole's out of `case` too: its suffix then
-/// starts with the line break that ends the last of them (or is empty at the end of
-/// the file).
-pub fn widen(case: &mut Case, lines: usize) {
-    let cut = case
-        .suffix
+/// What follows a hole of `lines` lines, given `after`, the text from the end of its
+/// first line on: the `lines - 1` lines below that go too, so it starts with the line
+/// break that ends the last of them (or is empty at the end of the file).
+fn below_hole(after: &str, lines: usize) -> &str {
+    let cut = after
         .match_indices('\n')
         .nth(lines.saturating_sub(1))
-        .map_or(case.suffix.len(), |(at, _)| at);
-    case.suffix.replace_range(..cut, "");
+        .map_or(after.len(), |(at, _)| at);
+    &after[cut..]
 }
 
 /// The text before the cursor a keystroke before the case, when the user was at the end
@@ -779,15 +779,14 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         ContextEngine::new(EngineConfig::default()).context("cannot build the context engine")?;
     let sources = args.sources.clone();
     let (languages, seed, count) = (args.languages.clone(), args.seed, args.count);
-    let mut cases =
-        tokio::task::spawn_blocking(move || make_cases(&engine, &sources, &languages, seed, count))
-            .await
-            .context("drawing cases failed")??;
+    let hole_lines = usize::from(args.hole_lines);
+    let cases = tokio::task::spawn_blocking(move || {
+        make_cases(&engine, &sources, &languages, seed, count, hole_lines)
+    })
+    .await
+    .context("drawing cases failed")??;
     if cases.is_empty() {
         anyhow::bail!("the sources hold no eligible line");
-    }
-    for case in &mut cases {
-        widen(case, usize::from(args.hole_lines));
     }
     if args.list {
         for case in &cases {
@@ -1018,6 +1017,7 @@ mod tests {
             &[Language::Python],
             7,
             5,
+            1,
         )
         .unwrap();
         let b = make_cases(
@@ -1026,6 +1026,7 @@ mod tests {
             &[Language::Python],
             7,
             5,
+            1,
         )
         .unwrap();
         let c = make_cases(
@@ -1034,6 +1035,16 @@ mod tests {
             &[Language::Python],
             8,
             5,
+            1,
+        )
+        .unwrap();
+        let wide = make_cases(
+            &engine,
+            std::slice::from_ref(&src),
+            &[Language::Python],
+            7,
+            5,
+            3,
         )
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1041,6 +1052,12 @@ mod tests {
         assert_eq!(a.len(), 5);
         assert_eq!(key(&a), key(&b));
         assert_ne!(key(&a), key(&c));
+        // Wider holes: the same holes and expected lines, less text after them.
+        assert_eq!(key(&wide), key(&a));
+        for (wide, one) in wide.iter().zip(&a) {
+            assert_eq!((&wide.prompt, &wide.expected), (&one.prompt, &one.expected));
+            assert_eq!(wide.suffix, below_hole(&one.suffix, 3));
+        }
         for case in &a {
             assert_eq!(case.path, "pkg/m.py");
             assert!(body.contains(&format!(
@@ -1064,25 +1081,10 @@ mod tests {
 
     #[test]
     fn a_wider_hole_takes_the_lines_below_it_out_too() {
-        let case = |suffix: &str| Case {
-            id: 0,
-            path: "m.py".into(),
-            language: "python",
-            line: 2,
-            expected: "x = 1".into(),
-            prompt: "def f():\n    ".into(),
-            suffix: suffix.into(),
-        };
-        let mut one = case("\n    y = 2\n    return x\n\nz = 3\n");
-        widen(&mut one, 1);
-        assert_eq!(one.suffix, "\n    y = 2\n    return x\n\nz = 3\n");
-        let mut three = one.clone();
-        widen(&mut three, 3);
-        assert_eq!(three.suffix, "\n\nz = 3\n");
-        assert_eq!(three.expected, "x = 1");
-        let mut past_the_end = case("\n    y = 2");
-        widen(&mut past_the_end, 3);
-        assert_eq!(past_the_end.suffix, "");
+        let after = "\n    y = 2\n    return x\n\nz = 3\n";
+        assert_eq!(below_hole(after, 1), after);
+        assert_eq!(below_hole(after, 3), "\n\nz = 3\n");
+        assert_eq!(below_hole("\n    y = 2", 3), "");
     }
 
     #[test]
