@@ -23,18 +23,12 @@ fn eval_command() -> Command {
     cmd
 }
 
-#[test]
-fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
+/// Runs the evaluation against a real vps-infer and returns its JSON report.
+fn run_eval(args: &[&str]) -> Value {
     let infer = VpsInfer::start(&[("qwen2.5-coder-0.5b", &model_path("qwen2.5-coder-0.5b"))]);
     let output = eval_command()
-        .args(["--backend", &infer.url()])
-        .args([
-            "--baseline-chars",
-            "1200:400",
-            "--max-tokens",
-            "24",
-            "--json",
-        ])
+        .args(["--backend", &infer.url(), "--json"])
+        .args(args)
         .output()
         .expect("run lsp-edge eval");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -43,7 +37,12 @@ fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
         "lsp-edge eval failed: {stderr}\nvps-infer: {}",
         infer.service.log()
     );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    serde_json::from_slice(&output.stdout).expect("JSON report")
+}
+
+#[test]
+fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
+    let report = run_eval(&["--baseline-chars", "1200:400", "--max-tokens", "24"]);
     assert_eq!(report["count"], 2);
     assert_eq!(report["hole_lines"], 1);
     let scores = report["scores"].as_array().unwrap();
@@ -126,4 +125,73 @@ fn eval_refuses_a_hole_of_no_lines() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--hole-lines"), "{stderr}");
+}
+
+#[test]
+fn eval_refuses_block_holes_with_a_line_count() {
+    let output = eval_command()
+        .args(["--list", "--block-holes", "--hole-lines", "2"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--block-holes"), "{stderr}");
+}
+
+#[test]
+fn eval_scores_whole_answers_on_block_holes() {
+    let report = run_eval(&[
+        "--block-holes",
+        "--baseline-chars",
+        "1200:400",
+        "--max-tokens",
+        "64",
+    ]);
+    // lsp-edge's default completion.max_lines.
+    assert_eq!(report["block_max_lines"], 12);
+    for score in report["scores"].as_array().unwrap() {
+        assert_eq!(score["errors"], 0, "{score}");
+        let block = &score["block"];
+        let shares: Vec<f64> = ["stopped_right", "too_short", "too_long"]
+            .iter()
+            .map(|k| block[k].as_f64().unwrap())
+            .collect();
+        assert_eq!(shares.iter().sum::<f64>(), 1.0, "{score}");
+        assert!(
+            block["mean_expected_lines"].as_f64().unwrap() >= 1.0,
+            "{score}"
+        );
+    }
+    for case in report["cases"].as_array().unwrap() {
+        let expected = case["expected_block"].as_str().unwrap();
+        assert!(
+            expected.starts_with(case["expected"].as_str().unwrap()),
+            "{case}"
+        );
+        let expected_lines = expected.split('\n').count();
+        assert!((1..=12).contains(&expected_lines), "{case}");
+        for (name, outcome) in case["outcomes"].as_object().unwrap() {
+            let block = &outcome["block"];
+            let text = block["text"].as_str().unwrap();
+            let lines = block["lines"].as_u64().unwrap() as usize;
+            assert!(lines <= 12, "{name}: {case}");
+            assert_eq!(block["expected_lines"], expected_lines, "{name}: {case}");
+            assert_eq!(
+                block["exact"].as_bool().unwrap(),
+                text == expected,
+                "{name}: {case}"
+            );
+            // The first line scored is the whole answer's first line, unless the
+            // trimming dropped an answer that only repeats the text after the hole.
+            let first = outcome["text"].as_str().unwrap();
+            assert!(
+                text.is_empty() || text.split('\n').next() == Some(first),
+                "{name}: {case}"
+            );
+            assert!(
+                outcome["prompt_tokens"].as_u64().unwrap() > 0,
+                "{name}: {case}"
+            );
+        }
+    }
 }

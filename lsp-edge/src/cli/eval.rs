@@ -41,13 +41,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cerebrum_context::{ContextEngine, EngineConfig, Language};
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::backend::{BackendError, StreamEvent};
 use crate::config::{CompletionConfig, Config, Overrides};
 use crate::edge::Edge;
-use crate::pipeline::script::{Completer, CompletionRequest};
+use crate::pipeline::script::{Completer, CompletionRequest, GenerationEvent};
 use crate::pipeline::stats::HttpStats;
+use crate::pipeline::trim::{indent_width, TrimContext};
 use crate::pipeline::{self, GenerationInput, Opened, PipelineError, Prompt};
 
 /// Files smaller than this are left out: the engine sends them whole, so they say
@@ -96,15 +98,24 @@ pub struct EvalArgs {
     /// before; a hole near the end of its file takes what lines there are.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
     pub hole_lines: u16,
+    /// Take out the rest of each hole's block: its line and the lines below it that
+    /// are blank or indented at least as deep, up to `completion.max_lines` lines, as
+    /// when a block is written after Enter. The whole answer is generated and trimmed
+    /// as an editor would show it, and scored against those lines too: all of them
+    /// right, and whether it stopped where the block ends.
+    #[arg(long, conflicts_with = "hole_lines")]
+    pub block_holes: bool,
     /// Leave out the engine with the main configuration (compare variants only).
     #[arg(long)]
     pub no_engine: bool,
     /// The model to ask for (default: vps-infer's default model).
     #[arg(long)]
     pub model: Option<String>,
-    /// Most tokens per answer (generation also stops at the first newline).
-    #[arg(long, default_value_t = 48)]
-    pub max_tokens: u32,
+    /// Most tokens per answer [default: 48, which the first line never reaches
+    /// (generation stops at its newline); with --block-holes, `completion.max_tokens`
+    /// (128), as an editor's answers get].
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
     /// TOML configuration file (the same as `serve`'s).
     #[arg(long, env = "CEREBRUM_LSP_CONFIG")]
     pub config: Option<PathBuf>,
@@ -134,10 +145,30 @@ pub struct Case {
     pub line: usize,
     /// The removed code, trailing whitespace trimmed.
     pub expected: String,
+    /// With `--block-holes`, every line the hole took out (the first as `expected`),
+    /// each with trailing whitespace trimmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_block: Option<String>,
     #[serde(skip)]
     pub prompt: String,
     #[serde(skip)]
     pub suffix: String,
+}
+
+impl EvalArgs {
+    /// Generation stops at the first line's end unless whole answers are scored.
+    fn stop(&self) -> Vec<String> {
+        if self.block_holes {
+            Vec::new()
+        } else {
+            vec!["\n".into()]
+        }
+    }
+
+    /// `--max-tokens`, set by [`run`] where it was not given.
+    fn max_tokens(&self) -> u32 {
+        self.max_tokens.unwrap_or(48)
+    }
 }
 
 /// A file that can hold holes.
@@ -286,7 +317,7 @@ pub fn make_cases(
     languages: &[Language],
     seed: u64,
     count: usize,
-    hole_lines: usize,
+    shape: HoleShape,
 ) -> anyhow::Result<Vec<Case>> {
     let mut trees = Vec::new();
     for source in sources {
@@ -327,17 +358,73 @@ pub fn make_cases(
             continue;
         }
         let language = Language::from_path(&file.path);
+        let (suffix, expected_block) = match shape {
+            HoleShape::Lines(lines) => (below_hole(&text[end..], lines), None),
+            HoleShape::Block(max_lines) => {
+                let block_end = block_end(text, end, max_lines);
+                let lines: Vec<&str> = text[cursor..block_end]
+                    .split('\n')
+                    .map(str::trim_end)
+                    .collect();
+                (&text[block_end..], Some(lines.join("\n")))
+            }
+        };
         cases.push(Case {
             id: cases.len(),
             path: file.label.clone(),
             language: language.name(),
             line: text[..cursor].matches('\n').count() + 1,
             expected: text[cursor..end].trim_end().to_owned(),
+            expected_block,
             prompt: text[..cursor].to_owned(),
-            suffix: below_hole(&text[end..], hole_lines).to_owned(),
+            suffix: suffix.to_owned(),
         });
     }
     Ok(cases)
+}
+
+/// How much text a hole takes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoleShape {
+    /// Its own line and the `n - 1` lines below it (`--hole-lines`).
+    Lines(usize),
+    /// Its line and the rest of its block, at most `n` lines (`--block-holes`).
+    Block(usize),
+}
+
+/// Where a block hole ends, given `end`, the end of its first line's code: after the
+/// last line of code among those below it that belong to its block (blank, or
+/// indented at least as deep as its first line), at most `max_lines` lines in all.
+/// Blank lines after the block's last code stay in the suffix.
+fn block_end(text: &str, end: usize, max_lines: usize) -> usize {
+    let line_start = text[..end].rfind('\n').map_or(0, |at| at + 1);
+    let depth = indent_width(&text[line_start..end]);
+    let mut block_end = end;
+    let Some(newline) = text[end..].find('\n') else {
+        return end;
+    };
+    let mut start = end + newline + 1;
+    for _ in 1..max_lines {
+        let Some(line) = text[start..]
+            .split('\n')
+            .next()
+            .filter(|_| start < text.len())
+        else {
+            break;
+        };
+        let code = line.trim_end();
+        if !code.is_empty() {
+            if indent_width(line) < depth {
+                break;
+            }
+            block_end = start + code.len();
+        }
+        start += line.len() + 1;
+        if start > text.len() {
+            break;
+        }
+    }
+    block_end
 }
 
 /// What follows a hole of `lines` lines, given `after`, the text from the end of its
@@ -425,13 +512,55 @@ pub struct Outcome {
     pub exact: bool,
     pub similarity: f64,
     pub prompt_tokens: u64,
-    pub cached_tokens: u64,
+    /// Not known for an answer cut where its block ends (see [`Tokens`]).
+    pub cached_tokens: Option<u64>,
     /// From the request to the last token, context engine included.
     pub ms: f64,
     /// Extra chunks sent (engine only).
     pub chunks: usize,
+    /// With `--block-holes`, the whole answer against the hole's lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A whole answer against a block hole's lines.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlockOutcome {
+    /// The answer as an editor would show it, trailing whitespace trimmed per line.
+    pub text: String,
+    /// Every line right, and no more lines.
+    pub exact: bool,
+    /// Lines in the answer and in the hole.
+    pub lines: usize,
+    pub expected_lines: usize,
+    /// The answer's leading lines that are right.
+    pub right_lines: usize,
+}
+
+impl BlockOutcome {
+    /// Compares lines with trailing whitespace trimmed; blank lines at the end of the
+    /// answer do not count.
+    pub fn new(answer: &str, expected: &str) -> BlockOutcome {
+        let mut lines: Vec<&str> = answer.split('\n').map(str::trim_end).collect();
+        while lines.last().is_some_and(|line| line.is_empty()) {
+            lines.pop();
+        }
+        let expected: Vec<&str> = expected.split('\n').collect();
+        let right_lines = lines
+            .iter()
+            .zip(&expected)
+            .take_while(|(a, b)| a == b)
+            .count();
+        BlockOutcome {
+            text: lines.join("\n"),
+            exact: lines == expected,
+            lines: lines.len(),
+            expected_lines: expected.len(),
+            right_lines,
+        }
+    }
 }
 
 enum Runner {
@@ -453,11 +582,30 @@ pub struct Score {
     pub exact_match: f64,
     pub edit_similarity: f64,
     pub mean_prompt_tokens: f64,
-    pub mean_cached_tokens: f64,
+    /// `None` when no answer said (every answer was cut where its block ends).
+    pub mean_cached_tokens: Option<f64>,
     pub mean_ms: f64,
     pub mean_chunks: f64,
     /// The same figures per language.
     pub by_language: BTreeMap<String, LanguageScore>,
+    /// With `--block-holes`, the whole answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockScore>,
+}
+
+/// Whole answers against block holes, each a share of the cases (an error counts in
+/// none but `lines_right`, as no line right).
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockScore {
+    /// Every line right, and no more.
+    pub exact_match: f64,
+    /// As many lines as the hole: stopped where the block ends.
+    pub stopped_right: f64,
+    pub too_short: f64,
+    pub too_long: f64,
+    /// The mean share of a hole's lines that the answer's leading lines got right.
+    pub lines_right: f64,
+    pub mean_expected_lines: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -481,6 +629,9 @@ pub struct Report {
     pub count: usize,
     /// Lines each hole takes out (`--hole-lines`).
     pub hole_lines: u16,
+    /// With `--block-holes`, the most lines a hole takes out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_max_lines: Option<usize>,
     pub sources: Vec<String>,
     pub model: Option<String>,
     pub scores: Vec<Score>,
@@ -523,6 +674,7 @@ async fn run_engine(
     completer: &Completer,
     case: &Case,
     args: &EvalArgs,
+    max_lines: usize,
 ) -> anyhow::Result<Outcome> {
     let request = |prompt: &str, suffix: &str, max_tokens| CompletionRequest {
         prompt: prompt.to_owned(),
@@ -535,7 +687,7 @@ async fn run_engine(
         model: args.model.clone(),
         max_tokens,
         temperature: 0.0,
-        stop: vec!["\n".into()],
+        stop: args.stop(),
     };
     if args.after_enter {
         let (before, _) = before_enter(case);
@@ -546,34 +698,36 @@ async fn run_engine(
     let started = Instant::now();
     // Primed (see the module's docs).
     let primer = completer.prepare(request(&case.prompt, &case.suffix, 1), started);
-    completer.start(primer.await?).await?.collect().await?;
-    let request = request(&case.prompt, &case.suffix, args.max_tokens);
+    let primed = completer.start(primer.await?).await?.collect().await?;
+    let request = request(&case.prompt, &case.suffix, args.max_tokens());
     let prepared = completer.prepare(request, started).await?;
     let chunks = prepared.chunking().selected;
-    let summary = completer.start(prepared).await?.collect().await?;
-    let text = first_line(&summary.text).to_owned();
-    Ok(Outcome {
-        exact: text == case.expected,
-        similarity: edit_similarity(&text, &case.expected),
-        text,
-        prompt_tokens: summary.prompt_tokens,
-        cached_tokens: summary.cached_tokens,
-        ms: started.elapsed().as_secs_f64() * 1000.0,
-        chunks,
-        error: None,
-    })
+    let generation = completer.start(prepared).await?;
+    let events = futures::stream::unfold(generation, |mut generation| async move {
+        let event = generation.next().await?.map(|event| match event {
+            GenerationEvent::Token(token) => Event::Text(token),
+            GenerationEvent::Done(done) => Event::Done(done.prompt_tokens, done.cached_tokens),
+        });
+        Some((event.map_err(anyhow::Error::from), generation))
+    });
+    let trim = block_trim(case, &case.prompt, &case.suffix, max_lines);
+    let (raw, done) = read_answer(events, trim.as_ref()).await?;
+    let tokens = Tokens::new(done, primed.prompt_tokens);
+    Ok(outcome(case, &raw, trim.as_ref(), tokens, started, chunks))
 }
 
 async fn run_window(
     edge: &Edge,
     case: &Case,
-    before: usize,
-    after: usize,
+    (before, after): (usize, usize),
     args: &EvalArgs,
+    max_lines: usize,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let (prefix, suffix) = plain_window(&case.prompt, &case.suffix, before, after);
-    // The window goes out as it is: no context engine, no trimming.
+    let trim = block_trim(case, &prefix, &suffix, max_lines);
+    // The window goes out as it is: no context engine, and the first line's or the
+    // block's trimming only.
     let input = GenerationInput {
         prompt: Prompt::Fim {
             prefix,
@@ -583,11 +737,11 @@ async fn run_window(
         model: args.model.clone(),
         fim: None,
         settings: CompletionConfig {
-            max_tokens: args.max_tokens,
+            max_tokens: args.max_tokens(),
             temperature: 0.0,
             top_p: None,
             seed: None,
-            stop: vec!["\n".into()],
+            stop: args.stop(),
             ..CompletionConfig::default()
         },
         document: None,
@@ -601,28 +755,117 @@ async fn run_window(
         ..input.clone()
     };
     let Opened { mut stream, .. } = pipeline::open(&edge.backends, &primer).await?;
-    while stream.next().await.transpose()?.is_some() {}
-    let Opened { mut stream, .. } = pipeline::open(&edge.backends, &input).await?;
-    let mut raw = String::new();
-    while let Some(event) = stream.next().await {
-        match event? {
-            StreamEvent::Token(token) => raw.push_str(&token),
-            StreamEvent::Done(done) => {
-                let text = first_line(&raw).to_owned();
-                return Ok(Outcome {
-                    exact: text == case.expected,
-                    similarity: edit_similarity(&text, &case.expected),
-                    text,
-                    prompt_tokens: done.prompt_tokens,
-                    cached_tokens: done.cached_tokens,
-                    ms: started.elapsed().as_secs_f64() * 1000.0,
-                    chunks: 0,
-                    error: None,
-                });
-            }
+    let mut primed = None;
+    while let Some(event) = stream.next().await.transpose()? {
+        if let StreamEvent::Done(done) = event {
+            primed = Some(done.prompt_tokens);
         }
     }
-    anyhow::bail!("vps-infer's stream ended without its final event")
+    let primed = primed.context("vps-infer's stream ended without its final event")?;
+    let Opened { stream, .. } = pipeline::open(&edge.backends, &input).await?;
+    let events = futures::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next().await?.map(|event| match event {
+            StreamEvent::Token(token) => Event::Text(token),
+            StreamEvent::Done(done) => Event::Done(done.prompt_tokens, done.cached_tokens),
+        });
+        Some((event.map_err(anyhow::Error::from), stream))
+    });
+    let (raw, done) = read_answer(events, trim.as_ref()).await?;
+    Ok(outcome(
+        case,
+        &raw,
+        trim.as_ref(),
+        Tokens::new(done, primed),
+        started,
+        0,
+    ))
+}
+
+/// What a scored request streams, from the completer or straight from a backend.
+enum Event {
+    Text(String),
+    /// Prompt and cached tokens.
+    Done(u64, u64),
+}
+
+/// Reads an answer to its final event, or with a block hole's `trim` until that says
+/// the answer is settled (dropping the stream then stops the decode). Returns the raw
+/// text and, when it came, the final event's token counts.
+async fn read_answer(
+    events: impl futures::Stream<Item = anyhow::Result<Event>>,
+    trim: Option<&TrimContext>,
+) -> anyhow::Result<(String, Option<(u64, u64)>)> {
+    let mut events = std::pin::pin!(events);
+    let mut raw = String::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            Event::Text(text) => {
+                raw.push_str(&text);
+                if trim.is_some_and(|t| t.trim(&raw, false).finished) {
+                    return Ok((raw, None));
+                }
+            }
+            Event::Done(prompt, cached) => return Ok((raw, Some((prompt, cached)))),
+        }
+    }
+    anyhow::bail!("the answer's stream ended without its final event")
+}
+
+/// With a block hole, the trimming an editor's answer gets (an answer stops where
+/// it says the block ends).
+fn block_trim(case: &Case, prefix: &str, suffix: &str, max_lines: usize) -> Option<TrimContext> {
+    case.expected_block
+        .as_ref()
+        .map(|_| TrimContext::new(prefix, suffix, max_lines))
+}
+
+/// Prompt tokens of a scored request. An answer cut where its block ends has no
+/// final event: its count is the primer's, which sent the same prompt, and how much
+/// of it was cached is not known.
+struct Tokens {
+    prompt: u64,
+    cached: Option<u64>,
+}
+
+impl Tokens {
+    fn new(done: Option<(u64, u64)>, primed: u64) -> Tokens {
+        match done {
+            Some((prompt, cached)) => Tokens {
+                prompt,
+                cached: Some(cached),
+            },
+            None => Tokens {
+                prompt: primed,
+                cached: None,
+            },
+        }
+    }
+}
+
+/// Scores an answer: its first line, and with a block hole the whole answer, trimmed.
+fn outcome(
+    case: &Case,
+    raw: &str,
+    trim: Option<&TrimContext>,
+    tokens: Tokens,
+    started: Instant,
+    chunks: usize,
+) -> Outcome {
+    let text = first_line(raw).to_owned();
+    let block = trim
+        .zip(case.expected_block.as_ref())
+        .map(|(trim, expected)| BlockOutcome::new(&trim.trim(raw, true).text, expected));
+    Outcome {
+        exact: text == case.expected,
+        similarity: edit_similarity(&text, &case.expected),
+        text,
+        prompt_tokens: tokens.prompt,
+        cached_tokens: tokens.cached,
+        ms: started.elapsed().as_secs_f64() * 1000.0,
+        chunks,
+        block,
+        error: None,
+    }
 }
 
 /// How many times one request is asked again while the backend says it is busy.
@@ -657,9 +900,10 @@ fn failed(err: &anyhow::Error) -> Outcome {
         exact: false,
         similarity: 0.0,
         prompt_tokens: 0,
-        cached_tokens: 0,
+        cached_tokens: None,
         ms: 0.0,
         chunks: 0,
+        block: None,
         error: Some(format!("{err:#}")),
     }
 }
@@ -711,18 +955,51 @@ fn score(name: &str, results: &[CaseResult]) -> Score {
         exact_match: mean(outcomes.iter().map(|(_, o)| f64::from(u8::from(o.exact)))),
         edit_similarity: mean(outcomes.iter().map(|(_, o)| o.similarity)),
         mean_prompt_tokens: mean(ok().map(|(_, o)| o.prompt_tokens as f64)),
-        mean_cached_tokens: mean(ok().map(|(_, o)| o.cached_tokens as f64)),
+        mean_cached_tokens: ok()
+            .any(|(_, o)| o.cached_tokens.is_some())
+            .then(|| mean(ok().filter_map(|(_, o)| o.cached_tokens).map(|t| t as f64))),
         mean_ms: mean(ok().map(|(_, o)| o.ms)),
         mean_chunks: mean(ok().map(|(_, o)| o.chunks as f64)),
         by_language,
+        block: block_score(&outcomes),
     }
+}
+
+/// `None` unless the cases are block holes.
+fn block_score(outcomes: &[(&Case, &Outcome)]) -> Option<BlockScore> {
+    let expected: Vec<&String> = outcomes
+        .iter()
+        .map(|(c, _)| c.expected_block.as_ref())
+        .collect::<Option<_>>()?;
+    let blocks: Vec<Option<&BlockOutcome>> =
+        outcomes.iter().map(|(_, o)| o.block.as_ref()).collect();
+    let share = |test: fn(&BlockOutcome) -> bool| {
+        mean(
+            blocks
+                .iter()
+                .map(|b| f64::from(u8::from(b.is_some_and(test)))),
+        )
+    };
+    Some(BlockScore {
+        exact_match: share(|b| b.exact),
+        stopped_right: share(|b| b.lines == b.expected_lines),
+        too_short: share(|b| b.lines < b.expected_lines),
+        too_long: share(|b| b.lines > b.expected_lines),
+        lines_right: mean(
+            blocks.iter().zip(&expected).map(|(b, e)| {
+                b.map_or(0.0, |b| b.right_lines as f64 / e.split('\n').count() as f64)
+            }),
+        ),
+        mean_expected_lines: mean(expected.iter().map(|e| e.split('\n').count() as f64)),
+    })
 }
 
 /// The table `lsp-edge eval` prints without `--json`.
 pub fn render_table(report: &Report) -> String {
-    let holes = match report.hole_lines {
-        1 => String::new(),
-        n => format!(", holes of {n} lines"),
+    let holes = match (report.block_max_lines, report.hole_lines) {
+        (Some(max), _) => format!(", holes to the end of their block, at most {max} lines"),
+        (None, 1) => String::new(),
+        (None, n) => format!(", holes of {n} lines"),
     };
     let mut out = format!(
         "{} cases (seed {}{holes}), model {}\n{:<24} {:>6} {:>9} {:>10} {:>9} {:>8} {:>7} {:>6}\n",
@@ -739,13 +1016,16 @@ pub fn render_table(report: &Report) -> String {
         "errors",
     );
     for s in &report.scores {
+        let cached = s
+            .mean_cached_tokens
+            .map_or_else(|| "-".to_owned(), |t| format!("{t:.0}"));
         out.push_str(&format!(
-            "{:<24} {:>6.3} {:>9.3} {:>10.0} {:>9.0} {:>8.0} {:>7.2} {:>6}\n",
+            "{:<24} {:>6.3} {:>9.3} {:>10.0} {:>9} {:>8.0} {:>7.2} {:>6}\n",
             s.name,
             s.exact_match,
             s.edit_similarity,
             s.mean_prompt_tokens,
-            s.mean_cached_tokens,
+            cached,
             s.mean_ms,
             s.mean_chunks,
             s.errors
@@ -756,6 +1036,29 @@ pub fn render_table(report: &Report) -> String {
             out.push_str(&format!(
                 "  {:<22} {:>6.3} {:>9.3} {:>10.0}   ({} {} cases)\n",
                 s.name, l.exact_match, l.edit_similarity, l.mean_prompt_tokens, language, l.cases
+            ));
+        }
+    }
+    let blocks: Vec<(&str, &BlockScore)> = report
+        .scores
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), s.block.as_ref()?)))
+        .collect();
+    if let Some((_, first)) = blocks.first() {
+        out.push_str(&format!(
+            "whole answers (holes of {:.1} lines on average)\n{:<24} {:>6} {:>13} {:>9} {:>8} {:>11}\n",
+            first.mean_expected_lines,
+            "variant",
+            "EM",
+            "stopped right",
+            "too short",
+            "too long",
+            "lines right",
+        ));
+        for (name, b) in blocks {
+            out.push_str(&format!(
+                "{:<24} {:>6.3} {:>13.3} {:>9.3} {:>8.3} {:>11.3}\n",
+                name, b.exact_match, b.stopped_right, b.too_short, b.too_long, b.lines_right
             ));
         }
     }
@@ -773,15 +1076,23 @@ fn parse_language(name: &str) -> Result<Language, String> {
 }
 
 /// `lsp-edge eval`.
-pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref(), args.backend.as_ref())?;
+    if args.block_holes {
+        args.max_tokens = args.max_tokens.or(Some(config.completion.max_tokens));
+    }
     let engine =
         ContextEngine::new(EngineConfig::default()).context("cannot build the context engine")?;
     let sources = args.sources.clone();
     let (languages, seed, count) = (args.languages.clone(), args.seed, args.count);
-    let hole_lines = usize::from(args.hole_lines);
+    let max_lines = config.completion.max_lines;
+    let shape = if args.block_holes {
+        HoleShape::Block(max_lines)
+    } else {
+        HoleShape::Lines(usize::from(args.hole_lines))
+    };
     let cases = tokio::task::spawn_blocking(move || {
-        make_cases(&engine, &sources, &languages, seed, count, hole_lines)
+        make_cases(&engine, &sources, &languages, seed, count, shape)
     })
     .await
     .context("drawing cases failed")??;
@@ -851,9 +1162,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             let mut busy = 0;
             let outcome = loop {
                 let outcome = match &variant.runner {
-                    Runner::Engine(completer) => run_engine(completer, case, &args).await,
+                    Runner::Engine(completer) => {
+                        run_engine(completer, case, &args, max_lines).await
+                    }
                     Runner::Window { before, after } => {
-                        run_window(&main_edge, case, *before, *after, &args).await
+                        run_window(&main_edge, case, (*before, *after), &args, max_lines).await
                     }
                 };
                 // An evaluation is a batch job: when the backend is busy it waits
@@ -914,6 +1227,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         seed: args.seed,
         count: cases.len(),
         hole_lines: args.hole_lines,
+        block_max_lines: args.block_holes.then_some(max_lines),
         sources: args
             .sources
             .iter()
@@ -1017,7 +1331,7 @@ mod tests {
             &[Language::Python],
             7,
             5,
-            1,
+            HoleShape::Lines(1),
         )
         .unwrap();
         let b = make_cases(
@@ -1026,7 +1340,7 @@ mod tests {
             &[Language::Python],
             7,
             5,
-            1,
+            HoleShape::Lines(1),
         )
         .unwrap();
         let c = make_cases(
@@ -1035,7 +1349,7 @@ mod tests {
             &[Language::Python],
             8,
             5,
-            1,
+            HoleShape::Lines(1),
         )
         .unwrap();
         let wide = make_cases(
@@ -1044,7 +1358,16 @@ mod tests {
             &[Language::Python],
             7,
             5,
-            3,
+            HoleShape::Lines(3),
+        )
+        .unwrap();
+        let blocks = make_cases(
+            &engine,
+            std::slice::from_ref(&src),
+            &[Language::Python],
+            7,
+            5,
+            HoleShape::Block(12),
         )
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1057,6 +1380,14 @@ mod tests {
         for (wide, one) in wide.iter().zip(&a) {
             assert_eq!((&wide.prompt, &wide.expected), (&one.prompt, &one.expected));
             assert_eq!(wide.suffix, below_hole(&one.suffix, 3));
+            assert_eq!(one.expected_block, None);
+        }
+        // Block holes: the same holes, and the text they take out is the document's.
+        assert_eq!(key(&blocks), key(&a));
+        for case in &blocks {
+            let block = case.expected_block.as_deref().unwrap();
+            assert!(block.starts_with(&case.expected), "{block:?}");
+            assert_eq!(format!("{}{block}{}", case.prompt, case.suffix), body);
         }
         for case in &a {
             assert_eq!(case.path, "pkg/m.py");
@@ -1088,6 +1419,51 @@ mod tests {
     }
 
     #[test]
+    fn a_block_hole_runs_to_the_end_of_its_block() {
+        let text = "def f(a):\n    x = 1\n    if a:\n        y = 2\n\n    return x  \n\nz = 3\n";
+        let end_of = |line: &str| text.find(line).unwrap() + line.len();
+        let at = |offset: usize| &text[offset..];
+        // The rest of the function, blank line and trailing spaces included; the blank
+        // line after it stays in the suffix.
+        assert_eq!(at(block_end(text, end_of("x = 1"), 12)), "  \n\nz = 3\n");
+        // A deeper line's block ends where its indentation does.
+        assert_eq!(
+            at(block_end(text, end_of("y = 2"), 12)),
+            "\n\n    return x  \n\nz = 3\n"
+        );
+        // At most max_lines lines, blank ones counted.
+        assert_eq!(
+            at(block_end(text, end_of("x = 1"), 3)),
+            "\n\n    return x  \n\nz = 3\n"
+        );
+        assert_eq!(at(block_end(text, end_of("x = 1"), 1)), at(end_of("x = 1")));
+        // The last line of a file, with and without its newline.
+        assert_eq!(at(block_end(text, end_of("z = 3"), 12)), "\n");
+        assert_eq!(block_end("a\n  b", 1, 12), 5);
+    }
+
+    #[test]
+    fn whole_answers_are_scored_line_by_line() {
+        let expected = "x = 1\n    if a:\n        y = 2";
+        let right = BlockOutcome::new("x = 1\n    if a:  \n        y = 2\n\n", expected);
+        assert_eq!(
+            (
+                right.exact,
+                right.lines,
+                right.expected_lines,
+                right.right_lines
+            ),
+            (true, 3, 3, 3)
+        );
+        assert_eq!(right.text, "x = 1\n    if a:\n        y = 2");
+        let short = BlockOutcome::new("x = 1\n    if a:", expected);
+        assert_eq!((short.exact, short.lines, short.right_lines), (false, 2, 2));
+        let long = BlockOutcome::new("x = 1\n    if b:\n        y = 2\n    z = 3", expected);
+        assert_eq!((long.exact, long.lines, long.right_lines), (false, 4, 1));
+        assert_eq!(BlockOutcome::new("", expected).lines, 0);
+    }
+
+    #[test]
     fn scores_count_errors_as_misses_and_the_table_names_every_variant() {
         let case = |id: usize, language: &'static str| Case {
             id,
@@ -1095,6 +1471,7 @@ mod tests {
             language,
             line: 1,
             expected: "x = 1".into(),
+            expected_block: None,
             prompt: String::new(),
             suffix: String::new(),
         };
@@ -1103,9 +1480,10 @@ mod tests {
             exact,
             similarity: if exact { 1.0 } else { 0.0 },
             prompt_tokens: tokens,
-            cached_tokens: 0,
+            cached_tokens: Some(0),
             ms: 10.0,
             chunks: 1,
+            block: None,
             error: None,
         };
         let results = vec![
@@ -1132,6 +1510,7 @@ mod tests {
             seed: 1,
             count: 2,
             hole_lines: 1,
+            block_max_lines: None,
             sources: Vec::new(),
             model: None,
             scores: vec![score],
@@ -1150,5 +1529,37 @@ mod tests {
             table.starts_with("2 cases (seed 1, holes of 4 lines)"),
             "{table}"
         );
+        assert!(!table.contains("whole answers"), "{table}");
+
+        // Block holes: one answer stops a line short, the other case failed.
+        let mut results = wide.cases;
+        for result in &mut results {
+            result.case.expected_block = Some("x = 1\ny = 2".into());
+        }
+        if let Some(outcome) = results[0].outcomes.get_mut("a") {
+            outcome.block = Some(BlockOutcome::new("x = 1", "x = 1\ny = 2"));
+        }
+        let block = super::score("a", &results).block.unwrap();
+        assert_eq!((block.exact_match, block.stopped_right), (0.0, 0.0));
+        assert_eq!((block.too_short, block.too_long), (0.5, 0.0));
+        assert_eq!((block.lines_right, block.mean_expected_lines), (0.25, 2.0));
+        let report = Report {
+            hole_lines: 1,
+            block_max_lines: Some(12),
+            scores: vec![super::score("a", &results)],
+            cases: results,
+            ..wide
+        };
+        let table = render_table(&report);
+        assert!(
+            table
+                .starts_with("2 cases (seed 1, holes to the end of their block, at most 12 lines)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("whole answers (holes of 2.0 lines on average)"),
+            "{table}"
+        );
+        assert!(table.contains("0.250"), "{table}");
     }
 }

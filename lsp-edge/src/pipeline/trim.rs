@@ -166,7 +166,7 @@ impl TrimContext {
 }
 
 /// Leading whitespace in columns, a tab counting as four.
-fn indent_width(line: &str) -> usize {
+pub(crate) fn indent_width(line: &str) -> usize {
     line.chars()
         .take_while(|c| c.is_whitespace())
         .map(|c| if c == '\t' { 4 } else { 1 })
