@@ -12,7 +12,9 @@ pub struct TrimContext {
     line_prefix: String,
     /// The text after the cursor on its line.
     rest_of_line: String,
-    /// The first non-blank line after the cursor line, trimmed.
+    /// The first non-blank line after the cursor line, trailing whitespace trimmed:
+    /// with its indentation, because a `}` that closes the block being written is not
+    /// the `}` of the enclosing one that follows it.
     next_suffix_line: String,
     /// The whole suffix with leading whitespace removed, for the duplicate check.
     suffix_start: String,
@@ -39,7 +41,7 @@ impl TrimContext {
         let mut suffix_lines = suffix.split('\n');
         let rest_of_line = suffix_lines.next().unwrap_or("").to_owned();
         let next_suffix_line = suffix_lines
-            .map(str::trim)
+            .map(str::trim_end)
             .find(|line| !line.is_empty())
             .unwrap_or("")
             .to_owned();
@@ -84,7 +86,7 @@ impl TrimContext {
             if partial {
                 break;
             }
-            if !self.next_suffix_line.is_empty() && content == self.next_suffix_line {
+            if !self.next_suffix_line.is_empty() && line.trim_end() == self.next_suffix_line {
                 // The model started writing what already follows the cursor.
                 finished = true;
                 break;
@@ -99,9 +101,12 @@ impl TrimContext {
                 }
                 if indent == self.base_indent {
                     // The closer of the block this line opened: keep it unless the
-                    // document already has it.
+                    // document already has it (a closer at the same depth next).
                     let closer = content.chars().next();
-                    if !self.next_suffix_line.starts_with(|c| Some(c) == closer) {
+                    let next = &self.next_suffix_line;
+                    let has_it = indent_width(next) == self.base_indent
+                        && next.trim_start().starts_with(|c| Some(c) == closer);
+                    if !has_it {
                         kept.push(line);
                     }
                     finished = true;
@@ -240,6 +245,32 @@ mod tests {
             expect![[r#"
 
                     println!("hi");
+                <finished>"#]],
+        );
+    }
+
+    #[test]
+    fn a_block_keeps_its_closer_when_the_enclosing_blocks_closer_follows() {
+        // A method written inside an impl: its `}` is not the impl's.
+        check(
+            "impl R for T {\n    $0\n}\n",
+            "fn f(self) -> u32 {\n        1\n    }\n}\n",
+            12,
+            expect![[r#"
+                fn f(self) -> u32 {
+                        1
+                    }
+                <finished>"#]],
+        );
+        // The same after a line that opens a block.
+        check(
+            "fn f() {\n    if x {$0\n}\n",
+            "\n        y();\n    }\n",
+            12,
+            expect![[r#"
+
+                        y();
+                    }
                 <finished>"#]],
         );
     }
