@@ -399,19 +399,13 @@ pub enum HoleShape {
 fn block_end(text: &str, end: usize, max_lines: usize) -> usize {
     let line_start = text[..end].rfind('\n').map_or(0, |at| at + 1);
     let depth = indent_width(&text[line_start..end]);
-    let mut block_end = end;
     let Some(newline) = text[end..].find('\n') else {
         return end;
     };
     let mut start = end + newline + 1;
-    for _ in 1..max_lines {
-        let Some(line) = text[start..]
-            .split('\n')
-            .next()
-            .filter(|_| start < text.len())
-        else {
-            break;
-        };
+    let mut block_end = end;
+    let below = text[start..].split_inclusive('\n');
+    for line in below.take(max_lines.saturating_sub(1)) {
         let code = line.trim_end();
         if !code.is_empty() {
             if indent_width(line) < depth {
@@ -419,10 +413,7 @@ fn block_end(text: &str, end: usize, max_lines: usize) -> usize {
             }
             block_end = start + code.len();
         }
-        start += line.len() + 1;
-        if start > text.len() {
-            break;
-        }
+        start += line.len();
     }
     block_end
 }
