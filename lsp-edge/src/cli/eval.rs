@@ -18,6 +18,13 @@
 //! win by fitting the line to the text right after it (docs/benchmarks.md, "Thirteenth
 //! pass"), so a change to how answers are chosen is checked on both.
 //!
+//! With `--block-holes`, a case takes out the rest of its line's block instead (the
+//! lines below that are blank or indented at least as deep, at most
+//! `completion.max_lines` in all), and generation goes on until the trimming an
+//! editor's answer gets ([`TrimContext`]) says the answer is settled, or to
+//! `completion.max_tokens`. The whole trimmed answer is scored beside its first line:
+//! every line right, and whether it stopped where the block ends.
+//!
 //! Cases are deterministic for a seed and the same trees: files are listed in sorted
 //! order, case `i` draws from source `i mod sources` (so each `--source` weighs
 //! the same), a file uniformly, then an eligible line uniformly. Eligible lines hold
@@ -584,8 +591,8 @@ pub struct Score {
     pub block: Option<BlockScore>,
 }
 
-/// Whole answers against block holes, each a share of the cases (an error counts in
-/// none but `lines_right`, as no line right).
+/// Whole answers against block holes, each a share of the cases (an error is in none
+/// of them, and no line of it is right).
 #[derive(Debug, Clone, Serialize)]
 pub struct BlockScore {
     /// Every line right, and no more.
