@@ -510,7 +510,7 @@ pub struct Outcome {
     pub exact: bool,
     pub similarity: f64,
     pub prompt_tokens: u64,
-    /// Not known for an answer cut where its block ends (see [`Tokens`]).
+    /// Not known for an answer cut where its block ends (no final event came).
     pub cached_tokens: Option<u64>,
     /// From the request to the last token, context engine included.
     pub ms: f64,
