@@ -107,34 +107,31 @@ fn eval_cases_are_the_same_for_a_seed_and_need_no_backend() {
 
 #[test]
 fn eval_names_a_missing_source() {
-    let output = Command::new(binary("lsp-edge"))
-        .args(["eval", "--list", "--source", "/nonexistent/cerebrum-eval"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(Command::new(binary("lsp-edge")).args([
+        "eval",
+        "--list",
+        "--source",
+        "/nonexistent/cerebrum-eval",
+    ]));
     assert!(stderr.contains("/nonexistent/cerebrum-eval"), "{stderr}");
+}
+
+/// Runs `cmd`, which must fail, and returns what it printed on stderr.
+fn refused(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
 fn eval_refuses_a_hole_of_no_lines() {
-    let output = eval_command()
-        .args(["--list", "--hole-lines", "0"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(eval_command().args(["--list", "--hole-lines", "0"]));
     assert!(stderr.contains("--hole-lines"), "{stderr}");
 }
 
 #[test]
 fn eval_refuses_block_holes_with_a_line_count() {
-    let output = eval_command()
-        .args(["--list", "--block-holes", "--hole-lines", "2"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(eval_command().args(["--list", "--block-holes", "--hole-lines", "2"]));
     assert!(stderr.contains("--block-holes"), "{stderr}");
 }
 

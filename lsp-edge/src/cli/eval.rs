@@ -710,7 +710,7 @@ async fn run_engine(
     });
     let trim = block_trim(case, &case.prompt, &case.suffix, max_lines);
     let (raw, done) = read_answer(events, trim.as_ref()).await?;
-    let tokens = Tokens::new(done, primed.prompt_tokens);
+    let tokens = (done, primed.prompt_tokens);
     Ok(outcome(case, &raw, trim.as_ref(), tokens, started, chunks))
 }
 
@@ -773,7 +773,7 @@ async fn run_window(
         case,
         &raw,
         trim.as_ref(),
-        Tokens::new(done, primed),
+        (done, primed),
         started,
         0,
     ))
@@ -817,38 +817,19 @@ fn block_trim(case: &Case, prefix: &str, suffix: &str, max_lines: usize) -> Opti
         .map(|_| TrimContext::new(prefix, suffix, max_lines))
 }
 
-/// Prompt tokens of a scored request. An answer cut where its block ends has no
-/// final event: its count is the primer's, which sent the same prompt, and how much
-/// of it was cached is not known.
-struct Tokens {
-    prompt: u64,
-    cached: Option<u64>,
-}
-
-impl Tokens {
-    fn new(done: Option<(u64, u64)>, primed: u64) -> Tokens {
-        match done {
-            Some((prompt, cached)) => Tokens {
-                prompt,
-                cached: Some(cached),
-            },
-            None => Tokens {
-                prompt: primed,
-                cached: None,
-            },
-        }
-    }
-}
-
 /// Scores an answer: its first line, and with a block hole the whole answer, trimmed.
+/// `done` is the final event's prompt and cached tokens. An answer cut where its block
+/// ends has none: its prompt tokens are the primer's (`primed`, the same prompt), and
+/// how much of it was cached is not known.
 fn outcome(
     case: &Case,
     raw: &str,
     trim: Option<&TrimContext>,
-    tokens: Tokens,
+    (done, primed): (Option<(u64, u64)>, u64),
     started: Instant,
     chunks: usize,
 ) -> Outcome {
+    let (prompt_tokens, cached_tokens) = done.map_or((primed, None), |(p, c)| (p, Some(c)));
     let text = first_line(raw).to_owned();
     let block = trim
         .zip(case.expected_block.as_ref())
@@ -857,8 +838,8 @@ fn outcome(
         exact: text == case.expected,
         similarity: edit_similarity(&text, &case.expected),
         text,
-        prompt_tokens: tokens.prompt,
-        cached_tokens: tokens.cached,
+        prompt_tokens,
+        cached_tokens,
         ms: started.elapsed().as_secs_f64() * 1000.0,
         chunks,
         block,
@@ -965,9 +946,9 @@ fn score(name: &str, results: &[CaseResult]) -> Score {
 
 /// `None` unless the cases are block holes.
 fn block_score(outcomes: &[(&Case, &Outcome)]) -> Option<BlockScore> {
-    let expected: Vec<&String> = outcomes
+    let expected_lines: Vec<f64> = outcomes
         .iter()
-        .map(|(c, _)| c.expected_block.as_ref())
+        .map(|(c, _)| Some(c.expected_block.as_ref()?.split('\n').count() as f64))
         .collect::<Option<_>>()?;
     let blocks: Vec<Option<&BlockOutcome>> =
         outcomes.iter().map(|(_, o)| o.block.as_ref()).collect();
@@ -984,11 +965,12 @@ fn block_score(outcomes: &[(&Case, &Outcome)]) -> Option<BlockScore> {
         too_short: share(|b| b.lines < b.expected_lines),
         too_long: share(|b| b.lines > b.expected_lines),
         lines_right: mean(
-            blocks.iter().zip(&expected).map(|(b, e)| {
-                b.map_or(0.0, |b| b.right_lines as f64 / e.split('\n').count() as f64)
-            }),
+            blocks
+                .iter()
+                .zip(&expected_lines)
+                .map(|(b, lines)| b.map_or(0.0, |b| b.right_lines as f64 / lines)),
         ),
-        mean_expected_lines: mean(expected.iter().map(|e| e.split('\n').count() as f64)),
+        mean_expected_lines: mean(expected_lines.iter().copied()),
     })
 }
 
@@ -1323,51 +1305,23 @@ mod tests {
         std::fs::write(src.join("m.py"), &body).unwrap();
         std::fs::write(src.join("small.py"), "x = 1\n").unwrap();
         let engine = ContextEngine::new(EngineConfig::default()).unwrap();
-        let a = make_cases(
-            &engine,
-            std::slice::from_ref(&src),
-            &[Language::Python],
-            7,
-            5,
-            HoleShape::Lines(1),
-        )
-        .unwrap();
-        let b = make_cases(
-            &engine,
-            std::slice::from_ref(&src),
-            &[Language::Python],
-            7,
-            5,
-            HoleShape::Lines(1),
-        )
-        .unwrap();
-        let c = make_cases(
-            &engine,
-            std::slice::from_ref(&src),
-            &[Language::Python],
-            8,
-            5,
-            HoleShape::Lines(1),
-        )
-        .unwrap();
-        let wide = make_cases(
-            &engine,
-            std::slice::from_ref(&src),
-            &[Language::Python],
-            7,
-            5,
-            HoleShape::Lines(3),
-        )
-        .unwrap();
-        let blocks = make_cases(
-            &engine,
-            std::slice::from_ref(&src),
-            &[Language::Python],
-            7,
-            5,
-            HoleShape::Block(12),
-        )
-        .unwrap();
+        let draw = |seed, shape| {
+            let languages = [Language::Python];
+            make_cases(
+                &engine,
+                std::slice::from_ref(&src),
+                &languages,
+                seed,
+                5,
+                shape,
+            )
+            .unwrap()
+        };
+        let a = draw(7, HoleShape::Lines(1));
+        let b = draw(7, HoleShape::Lines(1));
+        let c = draw(8, HoleShape::Lines(1));
+        let wide = draw(7, HoleShape::Lines(3));
+        let blocks = draw(7, HoleShape::Block(12));
         std::fs::remove_dir_all(&dir).unwrap();
         let key = |cases: &[Case]| cases.iter().map(|c| c.line).collect::<Vec<_>>();
         assert_eq!(a.len(), 5);
