@@ -158,6 +158,10 @@ fn eval_scores_whole_answers_on_block_holes() {
             block["mean_expected_lines"].as_f64().unwrap() >= 1.0,
             "{score}"
         );
+        // Every answer says why it ends.
+        let stops = block["stops"].as_object().unwrap();
+        let ended: u64 = stops.values().map(|n| n.as_u64().unwrap()).sum();
+        assert_eq!(ended, report["count"].as_u64().unwrap(), "{score}");
     }
     for case in report["cases"].as_array().unwrap() {
         let expected = case["expected_block"].as_str().unwrap();
@@ -173,6 +177,9 @@ fn eval_scores_whole_answers_on_block_holes() {
             let lines = block["lines"].as_u64().unwrap() as usize;
             assert!(lines <= 12, "{name}: {case}");
             assert_eq!(block["expected_lines"], expected_lines, "{name}: {case}");
+            let stop = block["stop"].as_str().unwrap();
+            let known = ["block_end", "suffix", "lines", "eos", "stop", "length"];
+            assert!(known.contains(&stop), "{name}: {case}");
             assert_eq!(
                 block["exact"].as_bool().unwrap(),
                 text == expected,

@@ -402,7 +402,9 @@ pub enum HoleShape {
 /// Where a block hole ends, given `end`, the end of its first line's code: after the
 /// last line of code among those below it that belong to its block (blank, or
 /// indented at least as deep as its first line), at most `max_lines` lines in all.
-/// Blank lines after the block's last code stay in the suffix.
+/// At the top level, where the enclosing block is the file, the block is the item the
+/// hole starts: after deeper lines, a line at column 0 that does not continue the item
+/// ends it. Blank lines after the block's last code stay in the suffix.
 fn block_end(text: &str, end: usize, max_lines: usize) -> usize {
     let line_start = text[..end].rfind('\n').map_or(0, |at| at + 1);
     let depth = indent_width(&text[line_start..end]);
@@ -411,18 +413,33 @@ fn block_end(text: &str, end: usize, max_lines: usize) -> usize {
     };
     let mut start = end + newline + 1;
     let mut block_end = end;
+    let mut went_deeper = false;
     let below = text[start..].split_inclusive('\n');
     for line in below.take(max_lines.saturating_sub(1)) {
         let code = line.trim_end();
         if !code.is_empty() {
-            if indent_width(line) < depth {
+            let indent = indent_width(line);
+            let next_item = depth == 0 && indent == 0 && went_deeper && !continues_item(code);
+            if indent < depth || next_item {
                 break;
             }
+            went_deeper |= indent > depth;
             block_end = start + code.len();
         }
         start += line.len();
     }
     block_end
+}
+
+/// Whether `code`, a line at the top level after lines deeper than it, still belongs to
+/// the item above: a closer (`}`, `)`, `]`), Rust's `{` on its own line after a `where`
+/// clause, or Python's `else:`, `elif`, `except` and `finally:`.
+fn continues_item(code: &str) -> bool {
+    let word = code
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .next()
+        .unwrap_or("");
+    code.starts_with(['}', ')', ']', '{']) || matches!(word, "else" | "elif" | "except" | "finally")
 }
 
 /// What follows a hole of `lines` lines, given `after`, the text from the end of its
@@ -535,12 +552,15 @@ pub struct BlockOutcome {
     pub expected_lines: usize,
     /// The answer's leading lines that are right.
     pub right_lines: usize,
+    /// Why the answer ends there: a trimming rule (`block_end`, `next_item`, `suffix`,
+    /// `lines`) or the model (`eos`, `stop`, `length`: the token cap).
+    pub stop: String,
 }
 
 impl BlockOutcome {
     /// Compares lines with trailing whitespace trimmed; blank lines at the end of the
     /// answer do not count.
-    pub fn new(answer: &str, expected: &str) -> BlockOutcome {
+    pub fn new(answer: &str, expected: &str, stop: &str) -> BlockOutcome {
         let mut lines: Vec<&str> = answer.split('\n').map(str::trim_end).collect();
         while lines.last().is_some_and(|line| line.is_empty()) {
             lines.pop();
@@ -557,6 +577,7 @@ impl BlockOutcome {
             lines: lines.len(),
             expected_lines: expected.len(),
             right_lines,
+            stop: stop.to_owned(),
         }
     }
 }
@@ -604,6 +625,8 @@ pub struct BlockScore {
     /// The mean share of a hole's lines that the answer's leading lines got right.
     pub lines_right: f64,
     pub mean_expected_lines: f64,
+    /// How many answers end for each reason ([`BlockOutcome::stop`]).
+    pub stops: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -704,7 +727,11 @@ async fn run_engine(
     let events = futures::stream::unfold(generation, |mut generation| async move {
         let event = generation.next().await?.map(|event| match event {
             GenerationEvent::Token(token) => Event::Text(token),
-            GenerationEvent::Done(done) => Event::Done(done.prompt_tokens, done.cached_tokens),
+            GenerationEvent::Done(done) => Event::Done(Final {
+                prompt_tokens: done.prompt_tokens,
+                cached_tokens: done.cached_tokens,
+                stop_reason: done.stop_reason,
+            }),
         });
         Some((event.map_err(anyhow::Error::from), generation))
     });
@@ -764,7 +791,11 @@ async fn run_window(
     let events = futures::stream::unfold(stream, |mut stream| async move {
         let event = stream.next().await?.map(|event| match event {
             StreamEvent::Token(token) => Event::Text(token),
-            StreamEvent::Done(done) => Event::Done(done.prompt_tokens, done.cached_tokens),
+            StreamEvent::Done(done) => Event::Done(Final {
+                prompt_tokens: done.prompt_tokens,
+                cached_tokens: done.cached_tokens,
+                stop_reason: done.stop_reason,
+            }),
         });
         Some((event.map_err(anyhow::Error::from), stream))
     });
@@ -782,28 +813,35 @@ async fn run_window(
 /// What a scored request streams, from the completer or straight from a backend.
 enum Event {
     Text(String),
-    /// Prompt and cached tokens.
-    Done(u64, u64),
+    Done(Final),
+}
+
+/// The final event's figures.
+struct Final {
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    /// `eos`, `length` or `stop`.
+    stop_reason: String,
 }
 
 /// Reads an answer to its final event, or with a block hole's `trim` until that says
 /// the answer is settled (dropping the stream then stops the decode). Returns the raw
-/// text and, when it came, the final event's token counts.
+/// text and, when it came, the final event.
 async fn read_answer(
     events: impl futures::Stream<Item = anyhow::Result<Event>>,
     trim: Option<&TrimContext>,
-) -> anyhow::Result<(String, Option<(u64, u64)>)> {
+) -> anyhow::Result<(String, Option<Final>)> {
     let mut events = std::pin::pin!(events);
     let mut raw = String::new();
     while let Some(event) = events.next().await {
         match event? {
             Event::Text(text) => {
                 raw.push_str(&text);
-                if trim.is_some_and(|t| t.trim(&raw, false).finished) {
+                if trim.is_some_and(|t| t.trim(&raw, false).finished()) {
                     return Ok((raw, None));
                 }
             }
-            Event::Done(prompt, cached) => return Ok((raw, Some((prompt, cached)))),
+            Event::Done(last) => return Ok((raw, Some(last))),
         }
     }
     anyhow::bail!("the answer's stream ended without its final event")
@@ -818,22 +856,32 @@ fn block_trim(case: &Case, prefix: &str, suffix: &str, max_lines: usize) -> Opti
 }
 
 /// Scores an answer: its first line, and with a block hole the whole answer, trimmed.
-/// `done` is the final event's prompt and cached tokens. An answer cut where its block
-/// ends has none: its prompt tokens are the primer's (`primed`, the same prompt), and
-/// how much of it was cached is not known.
+/// `done` is the final event. An answer cut where its block ends has none: its prompt
+/// tokens are the primer's (`primed`, the same prompt), and how much of it was cached
+/// is not known.
 fn outcome(
     case: &Case,
     raw: &str,
     trim: Option<&TrimContext>,
-    (done, primed): (Option<(u64, u64)>, u64),
+    (done, primed): (Option<Final>, u64),
     started: Instant,
     chunks: usize,
 ) -> Outcome {
-    let (prompt_tokens, cached_tokens) = done.map_or((primed, None), |(p, c)| (p, Some(c)));
     let text = first_line(raw).to_owned();
     let block = trim
         .zip(case.expected_block.as_ref())
-        .map(|(trim, expected)| BlockOutcome::new(&trim.trim(raw, true).text, expected));
+        .map(|(trim, expected)| {
+            let trimmed = trim.trim(raw, true);
+            let stop = match (trimmed.cut, &done) {
+                (Some(cut), _) => cut.as_str(),
+                (None, Some(done)) => &done.stop_reason,
+                (None, None) => "unknown",
+            };
+            BlockOutcome::new(&trimmed.text, expected, stop)
+        });
+    let (prompt_tokens, cached_tokens) = done.map_or((primed, None), |done| {
+        (done.prompt_tokens, Some(done.cached_tokens))
+    });
     Outcome {
         exact: text == case.expected,
         similarity: edit_similarity(&text, &case.expected),
@@ -971,6 +1019,13 @@ fn block_score(outcomes: &[(&Case, &Outcome)]) -> Option<BlockScore> {
                 .map(|(b, lines)| b.map_or(0.0, |b| b.right_lines as f64 / lines)),
         ),
         mean_expected_lines: mean(expected_lines.iter().copied()),
+        stops: blocks
+            .iter()
+            .flatten()
+            .fold(BTreeMap::new(), |mut stops, b| {
+                *stops.entry(b.stop.clone()).or_default() += 1;
+                stops
+            }),
     })
 }
 
@@ -1040,6 +1095,12 @@ pub fn render_table(report: &Report) -> String {
                 "{:<24} {:>6.3} {:>13.3} {:>9.3} {:>8.3} {:>11.3}\n",
                 name, b.exact_match, b.stopped_right, b.too_short, b.too_long, b.lines_right
             ));
+            let stops: Vec<String> = b
+                .stops
+                .iter()
+                .map(|(why, n)| format!("{why} {n}"))
+                .collect();
+            out.push_str(&format!("  {:<22} ended by: {}\n", name, stops.join(", ")));
         }
     }
     out
@@ -1395,9 +1456,30 @@ mod tests {
     }
 
     #[test]
+    fn a_top_level_block_hole_is_one_item() {
+        fn end(text: &str) -> &str {
+            &text[block_end(text, text.find('\n').unwrap(), 12)..]
+        }
+        assert_eq!(
+            end("def f():\n    pass\n\ndef g():\n    pass\n"),
+            "\n\ndef g():\n    pass\n"
+        );
+        assert_eq!(
+            end("if a:\n    x = 1\nelse:\n    x = 2\n# next\ny = x\n"),
+            "\n# next\ny = x\n"
+        );
+        assert_eq!(
+            end("impl<T> A for T\nwhere\n    T: Copy,\n{\n    fn f() {}\n}\nfn g() {}\n"),
+            "\nfn g() {}\n"
+        );
+        // Statements that never go deeper run on, as deeper holes' blocks do.
+        assert_eq!(end("import a\nimport b\n"), "\n");
+    }
+
+    #[test]
     fn whole_answers_are_scored_line_by_line() {
         let expected = "x = 1\n    if a:\n        y = 2";
-        let right = BlockOutcome::new("x = 1\n    if a:  \n        y = 2\n\n", expected);
+        let right = BlockOutcome::new("x = 1\n    if a:  \n        y = 2\n\n", expected, "eos");
         assert_eq!(
             (
                 right.exact,
@@ -1408,11 +1490,15 @@ mod tests {
             (true, 3, 3, 3)
         );
         assert_eq!(right.text, "x = 1\n    if a:\n        y = 2");
-        let short = BlockOutcome::new("x = 1\n    if a:", expected);
+        let short = BlockOutcome::new("x = 1\n    if a:", expected, "eos");
         assert_eq!((short.exact, short.lines, short.right_lines), (false, 2, 2));
-        let long = BlockOutcome::new("x = 1\n    if b:\n        y = 2\n    z = 3", expected);
+        let long = BlockOutcome::new(
+            "x = 1\n    if b:\n        y = 2\n    z = 3",
+            expected,
+            "block_end",
+        );
         assert_eq!((long.exact, long.lines, long.right_lines), (false, 4, 1));
-        assert_eq!(BlockOutcome::new("", expected).lines, 0);
+        assert_eq!(BlockOutcome::new("", expected, "eos").lines, 0);
     }
 
     #[test]
@@ -1489,12 +1575,13 @@ mod tests {
             result.case.expected_block = Some("x = 1\ny = 2".into());
         }
         if let Some(outcome) = results[0].outcomes.get_mut("a") {
-            outcome.block = Some(BlockOutcome::new("x = 1", "x = 1\ny = 2"));
+            outcome.block = Some(BlockOutcome::new("x = 1", "x = 1\ny = 2", "eos"));
         }
         let block = super::score("a", &results).block.unwrap();
         assert_eq!((block.exact_match, block.stopped_right), (0.0, 0.0));
         assert_eq!((block.too_short, block.too_long), (0.5, 0.0));
         assert_eq!((block.lines_right, block.mean_expected_lines), (0.25, 2.0));
+        assert_eq!(block.stops, BTreeMap::from([("eos".to_owned(), 1)]));
         let report = Report {
             hole_lines: 1,
             block_max_lines: Some(12),
@@ -1513,5 +1600,9 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("0.250"), "{table}");
+        assert!(
+            table.contains("a                      ended by: eos 1\n"),
+            "{table}"
+        );
     }
 }

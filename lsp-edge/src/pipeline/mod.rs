@@ -436,10 +436,10 @@ pub async fn generate(
             Some(trim) => trim.trim(&raw, false),
             None => crate::pipeline::trim::Trimmed {
                 text: raw.clone(),
-                finished: false,
+                cut: None,
             },
         };
-        if view.finished {
+        if view.finished() {
             cut_early = true;
             break;
         }

@@ -27,8 +27,37 @@ pub struct TrimContext {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trimmed {
     pub text: String,
-    /// A rule cut the continuation: generating more cannot change the answer.
-    pub finished: bool,
+    /// The rule that cut the continuation, if one did: generating more cannot change
+    /// the answer then.
+    pub cut: Option<Cut>,
+}
+
+impl Trimmed {
+    pub fn finished(&self) -> bool {
+        self.cut.is_some()
+    }
+}
+
+/// Why an answer ends where it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// `max_lines` reached.
+    Lines,
+    /// The model began writing the line that already follows the cursor.
+    Suffix,
+    /// A line less deep than the cursor's, or the closer of the block the cursor's
+    /// line opens.
+    BlockEnd,
+}
+
+impl Cut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cut::Lines => "lines",
+            Cut::Suffix => "suffix",
+            Cut::BlockEnd => "block_end",
+        }
+    }
 }
 
 const CLOSERS: [char; 3] = ['}', ')', ']'];
@@ -63,7 +92,7 @@ impl TrimContext {
     /// tokens may change what it is.
     pub fn trim(&self, raw: &str, complete: bool) -> Trimmed {
         let mut kept: Vec<&str> = Vec::new();
-        let mut finished = false;
+        let mut cut = None;
         let segments: Vec<&str> = raw.split('\n').collect();
         let last = segments.len() - 1;
         for (index, line) in segments.iter().copied().enumerate() {
@@ -73,7 +102,7 @@ impl TrimContext {
                 continue;
             }
             if index >= self.max_lines {
-                finished = true;
+                cut = Some(Cut::Lines);
                 break;
             }
             let content = line.trim();
@@ -88,7 +117,7 @@ impl TrimContext {
             }
             if !self.next_suffix_line.is_empty() && line.trim_end() == self.next_suffix_line {
                 // The model started writing what already follows the cursor.
-                finished = true;
+                cut = Some(Cut::Suffix);
                 break;
             }
             let indent = indent_width(line);
@@ -96,7 +125,7 @@ impl TrimContext {
                 if indent < self.base_indent
                     || (indent == self.base_indent && !content.starts_with(CLOSERS))
                 {
-                    finished = true;
+                    cut = Some(Cut::BlockEnd);
                     break;
                 }
                 if indent == self.base_indent {
@@ -109,11 +138,11 @@ impl TrimContext {
                     if !has_it {
                         kept.push(line);
                     }
-                    finished = true;
+                    cut = Some(Cut::BlockEnd);
                     break;
                 }
             } else if indent < self.base_indent {
-                finished = true;
+                cut = Some(Cut::BlockEnd);
                 break;
             }
             kept.push(line);
@@ -123,14 +152,14 @@ impl TrimContext {
             kept.pop();
         }
         let mut text = kept.join("\n");
-        if complete || finished {
+        if complete || cut.is_some() {
             text.truncate(text.trim_end().len());
             self.strip_rest_of_line_overlap(&mut text);
             if self.duplicates_suffix(&text) {
                 text.clear();
             }
         }
-        Trimmed { text, finished }
+        Trimmed { text, cut }
     }
 
     /// The model often re-types the closing characters that already follow the
@@ -189,11 +218,10 @@ mod tests {
         let (prefix, suffix) = fixture.split_once("$0").expect("fixture needs $0");
         let context = TrimContext::new(prefix, suffix, max_lines);
         let trimmed = context.trim(raw, true);
-        let shown = format!(
-            "{}{}",
-            trimmed.text,
-            if trimmed.finished { "\n<finished>" } else { "" }
-        );
+        let shown = match trimmed.cut {
+            Some(cut) => format!("{}\n<cut: {cut:?}>", trimmed.text),
+            None => trimmed.text,
+        };
         expect.assert_eq(&shown);
     }
 
@@ -205,7 +233,7 @@ mod tests {
             12,
             expect![[r#"
                 return a + b
-                <finished>"#]],
+                <cut: BlockEnd>"#]],
         );
     }
 
@@ -218,7 +246,7 @@ mod tests {
             expect![[r#"
 
                     return a + b
-                <finished>"#]],
+                <cut: BlockEnd>"#]],
         );
     }
 
@@ -232,7 +260,7 @@ mod tests {
 
                     println!("hi");
                 }
-                <finished>"#]],
+                <cut: BlockEnd>"#]],
         );
     }
 
@@ -245,7 +273,7 @@ mod tests {
             expect![[r#"
 
                     println!("hi");
-                <finished>"#]],
+                <cut: Suffix>"#]],
         );
     }
 
@@ -260,7 +288,7 @@ mod tests {
                 fn f(self) -> u32 {
                         1
                     }
-                <finished>"#]],
+                <cut: Suffix>"#]],
         );
         // The same after a line that opens a block.
         check(
@@ -271,7 +299,7 @@ mod tests {
 
                         y();
                     }
-                <finished>"#]],
+                <cut: BlockEnd>"#]],
         );
     }
 
@@ -284,7 +312,7 @@ mod tests {
             expect![[r#"
                 1;
                     let y = x + 1;
-                <finished>"#]],
+                <cut: Suffix>"#]],
         );
     }
 
@@ -296,7 +324,7 @@ mod tests {
             12,
             expect![[r#"
                 x * 2
-                <finished>"#]],
+                <cut: Suffix>"#]],
         );
     }
 
@@ -309,7 +337,7 @@ mod tests {
             expect![[r#"
                 a = 1
                 b = 2
-                <finished>"#]],
+                <cut: Lines>"#]],
         );
     }
 
@@ -338,19 +366,22 @@ mod tests {
             context.trim("return 1\n    # a comm", false),
             Trimmed {
                 text: "return 1".into(),
-                finished: false
+                cut: None
             }
         );
         assert_eq!(
             context.trim("retu", false),
             Trimmed {
                 text: "retu".into(),
-                finished: false
+                cut: None
             }
         );
         // A complete line that ends the block finishes it even mid-stream.
         assert!(context.trim("return 1\ndef g", false).text == "return 1");
-        assert!(context.trim("return 1\ndef g():\n", false).finished);
+        assert_eq!(
+            context.trim("return 1\ndef g():\n", false).cut,
+            Some(Cut::BlockEnd)
+        );
     }
 
     #[test]
@@ -362,7 +393,7 @@ mod tests {
             expect![[r#"
                 1;
                 	let y = 2;
-                <finished>"#]],
+                <cut: Suffix>"#]],
         );
     }
 }
