@@ -87,9 +87,10 @@ impl TrimContext {
         }
     }
 
-    /// Trims `raw`. With `complete` false the text is still growing: a last line
-    /// without its newline is left out unless it is the first line, because more
-    /// tokens may change what it is.
+    /// Trims `raw`. With `complete` false the text is still growing: a later line
+    /// without its newline is shown only once no rule can cut it or clear the answer
+    /// whatever tokens follow (see [`TrimContext::settled_partial`]), so that a line
+    /// once shown is not taken back; otherwise it is left out, and no rule cuts on it.
     pub fn trim(&self, raw: &str, complete: bool) -> Trimmed {
         let mut kept: Vec<&str> = Vec::new();
         let mut cut = None;
@@ -113,6 +114,9 @@ impl TrimContext {
                 continue;
             }
             if partial {
+                if self.settled_partial(&kept, line) {
+                    kept.push(line);
+                }
                 break;
             }
             if !self.next_suffix_line.is_empty() && line.trim_end() == self.next_suffix_line {
@@ -160,6 +164,28 @@ impl TrimContext {
             }
         }
         Trimmed { text, cut }
+    }
+
+    /// Whether a later line still being written, `line` after the `kept` ones, stays
+    /// in the answer whatever tokens follow: its indentation is known (its first
+    /// character has come) and keeps it inside the block, it cannot grow into the line
+    /// that follows the cursor, and the answer cannot grow into a copy of the suffix.
+    /// An answer that starts with a line break then shows its second line as it comes,
+    /// not only once that line ends.
+    fn settled_partial(&self, kept: &[&str], line: &str) -> bool {
+        let indent = indent_width(line);
+        let inside = if self.opens_block {
+            indent > self.base_indent
+        } else {
+            indent >= self.base_indent
+        };
+        if !inside || self.next_suffix_line.starts_with(line.trim_end()) {
+            return false;
+        }
+        let mut so_far = kept.join("\n");
+        so_far.push('\n');
+        so_far.push_str(line);
+        !self.suffix_start.starts_with(so_far.trim())
     }
 
     /// The model often re-types the closing characters that already follow the
@@ -360,14 +386,33 @@ mod tests {
     }
 
     #[test]
-    fn growing_text_hides_an_unfinished_later_line() {
+    fn growing_text_shows_a_later_line_once_no_rule_can_cut_it() {
         let context = TrimContext::new("def f():\n    ", "\n", 12);
         assert_eq!(
             context.trim("return 1\n    # a comm", false),
             Trimmed {
-                text: "return 1".into(),
+                text: "return 1\n    # a comm".into(),
                 cut: None
             }
+        );
+        // Its first character has not come: its depth is not known yet.
+        assert_eq!(context.trim("x = 1\n    ", false).text, "x = 1");
+        // Less deep than the cursor: left out, and not cut on while it grows.
+        assert_eq!(
+            context.trim("x = 1\nde", false),
+            Trimmed {
+                text: "x = 1".into(),
+                cut: None
+            }
+        );
+        // An answer that starts with a line break shows its second line as it comes.
+        let opens = TrimContext::new("def f():", "\n\nprint(f())\n", 12);
+        assert_eq!(opens.trim("\n    retu", false).text, "\n    retu");
+        // The closer of the block being written may grow into `} else {`: wait.
+        let rust = TrimContext::new("fn f() {\n    if x {", "\n}\n", 12);
+        assert_eq!(
+            rust.trim("\n        a();\n    }", false).text,
+            "\n        a();"
         );
         assert_eq!(
             context.trim("retu", false),
@@ -382,6 +427,31 @@ mod tests {
             context.trim("return 1\ndef g():\n", false).cut,
             Some(Cut::BlockEnd)
         );
+    }
+
+    #[test]
+    fn growing_text_hides_a_later_line_that_may_become_the_suffix() {
+        // The line after the cursor is `    return total`: a growing line that could
+        // still become it is left out, one that cannot is shown.
+        let context = TrimContext::new(
+            "def f(xs):\n    total = 0\n    ",
+            "\n    return total\n",
+            12,
+        );
+        assert_eq!(
+            context.trim("for x in xs:\n    return to", false).text,
+            "for x in xs:"
+        );
+        assert_eq!(
+            context.trim("for x in xs:\n        total += x", false).text,
+            "for x in xs:\n        total += x"
+        );
+        // An answer that could still grow into a copy of the text after the cursor
+        // (`\nb = 2` would be cleared as one).
+        let copy = TrimContext::new("a = 1\n", "\n  b = 2\n", 12);
+        assert_eq!(copy.trim("\nb = ", false).text, "");
+        assert_eq!(copy.trim("\nb = 2", true).text, "");
+        assert_eq!(copy.trim("\nc = ", false).text, "\nc = ");
     }
 
     #[test]
