@@ -38,6 +38,16 @@ impl Trimmed {
     }
 }
 
+/// What the rules make of one line of an answer.
+enum Verdict {
+    Keep,
+    /// The answer ends at this line, with it or without it.
+    End {
+        keep: bool,
+        why: Cut,
+    },
+}
+
 /// Why an answer ends where it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -89,8 +99,8 @@ impl TrimContext {
 
     /// Trims `raw`. With `complete` false the text is still growing: a later line
     /// without its newline is shown only once no rule can cut it or clear the answer
-    /// whatever tokens follow (see [`TrimContext::settled_partial`]), so that a line
-    /// once shown is not taken back; otherwise it is left out, and no rule cuts on it.
+    /// whatever tokens follow, so that a line once shown is not taken back; otherwise
+    /// it is left out, and no rule cuts on it.
     pub fn trim(&self, raw: &str, complete: bool) -> Trimmed {
         let mut kept: Vec<&str> = Vec::new();
         let mut cut = None;
@@ -106,50 +116,34 @@ impl TrimContext {
                 cut = Some(Cut::Lines);
                 break;
             }
-            let content = line.trim();
-            if content.is_empty() {
+            if line.trim().is_empty() {
                 if !partial {
                     kept.push(line);
                 }
                 continue;
             }
             if partial {
-                if self.settled_partial(&kept, line) {
+                // Shown once no rule can cut it whatever follows: its depth keeps it,
+                // it cannot grow into the line after the cursor, and the answer cannot
+                // grow into a copy of the suffix (`raw` is the answer so far).
+                let settled = matches!(self.judge(line), Verdict::Keep)
+                    && !self.next_suffix_line.starts_with(line.trim_end())
+                    && !self.duplicates_suffix(raw);
+                if settled {
                     kept.push(line);
                 }
                 break;
             }
-            if !self.next_suffix_line.is_empty() && line.trim_end() == self.next_suffix_line {
-                // The model started writing what already follows the cursor.
-                cut = Some(Cut::Suffix);
-                break;
-            }
-            let indent = indent_width(line);
-            if self.opens_block {
-                if indent < self.base_indent
-                    || (indent == self.base_indent && !content.starts_with(CLOSERS))
-                {
-                    cut = Some(Cut::BlockEnd);
-                    break;
-                }
-                if indent == self.base_indent {
-                    // The closer of the block this line opened: keep it unless the
-                    // document already has it (a closer at the same depth next).
-                    let closer = content.chars().next();
-                    let next = &self.next_suffix_line;
-                    let has_it = indent_width(next) == self.base_indent
-                        && next.trim_start().starts_with(|c| Some(c) == closer);
-                    if !has_it {
+            match self.judge(line) {
+                Verdict::Keep => kept.push(line),
+                Verdict::End { keep, why } => {
+                    if keep {
                         kept.push(line);
                     }
-                    cut = Some(Cut::BlockEnd);
+                    cut = Some(why);
                     break;
                 }
-            } else if indent < self.base_indent {
-                cut = Some(Cut::BlockEnd);
-                break;
             }
-            kept.push(line);
         }
 
         while kept.len() > 1 && kept.last().is_some_and(|line| line.trim().is_empty()) {
@@ -166,26 +160,35 @@ impl TrimContext {
         Trimmed { text, cut }
     }
 
-    /// Whether a later line still being written, `line` after the `kept` ones, stays
-    /// in the answer whatever tokens follow: its indentation is known (its first
-    /// character has come) and keeps it inside the block, it cannot grow into the line
-    /// that follows the cursor, and the answer cannot grow into a copy of the suffix.
-    /// An answer that starts with a line break then shows its second line as it comes,
-    /// not only once that line ends.
-    fn settled_partial(&self, kept: &[&str], line: &str) -> bool {
-        let indent = indent_width(line);
-        let inside = if self.opens_block {
-            indent > self.base_indent
-        } else {
-            indent >= self.base_indent
-        };
-        if !inside || self.next_suffix_line.starts_with(line.trim_end()) {
-            return false;
+    /// What the rules make of a line after the first that has content.
+    fn judge(&self, line: &str) -> Verdict {
+        let end = |keep, why| Verdict::End { keep, why };
+        if !self.next_suffix_line.is_empty() && line.trim_end() == self.next_suffix_line {
+            // The model started writing what already follows the cursor.
+            return end(false, Cut::Suffix);
         }
-        let mut so_far = kept.join("\n");
-        so_far.push('\n');
-        so_far.push_str(line);
-        !self.suffix_start.starts_with(so_far.trim())
+        let content = line.trim();
+        let indent = indent_width(line);
+        if !self.opens_block {
+            return if indent < self.base_indent {
+                end(false, Cut::BlockEnd)
+            } else {
+                Verdict::Keep
+            };
+        }
+        if indent > self.base_indent {
+            return Verdict::Keep;
+        }
+        if indent < self.base_indent || !content.starts_with(CLOSERS) {
+            return end(false, Cut::BlockEnd);
+        }
+        // The closer of the block this line opened: keep it unless the document
+        // already has it (a closer at the same depth next).
+        let closer = content.chars().next();
+        let next = &self.next_suffix_line;
+        let has_it = indent_width(next) == self.base_indent
+            && next.trim_start().starts_with(|c| Some(c) == closer);
+        end(!has_it, Cut::BlockEnd)
     }
 
     /// The model often re-types the closing characters that already follow the
