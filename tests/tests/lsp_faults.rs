@@ -255,6 +255,40 @@ fn a_model_without_fim_tokens_gets_plain_prompts_after_one_refusal() {
 }
 
 #[test]
+fn the_prompt_has_the_windows_of_the_model_lsp_edge_asks_for() {
+    let backend = FakeBackend::start(Behaviour::Answer);
+    let config = "[completion]\nheal_trailing_whitespace = false\n\
+                  [context]\nwindow_step_lines = 1\n\
+                  [context.models.narrow]\nprefix_max_lines = 2\nmin_chars_to_chunk = 0\n";
+    let text: String = (0..30).map(|i| format!("x{i} = {i}\n")).collect();
+    let mut prompts = Vec::new();
+    for model in ["narrow", "other"] {
+        let edge = LspEdge::start(
+            &backend.url(),
+            "key",
+            config,
+            &[("CEREBRUM_DEFAULT_MODEL", model)],
+        );
+        let mut client = edge.client();
+        client.initialize(json!({}), json!({}));
+        client.did_open(URI, "python", 1, &text);
+        let response = client.request(
+            "textDocument/inlineCompletion",
+            inline_params(URI, 30, 0, None),
+        );
+        assert_eq!(inline_text(response.result()).as_deref(), Some("return 42"));
+        let body = backend.inference_bodies().pop().unwrap();
+        assert_eq!(body["model"], model, "{body}");
+        prompts.push(body["prompt"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(prompts[0], "x28 = 28\nx29 = 29\n");
+    assert_eq!(
+        prompts[1], text,
+        "a model without windows of its own gets [context]'s"
+    );
+}
+
+#[test]
 fn a_loading_model_shows_as_work_done_progress() {
     let backend = FakeBackend::start(Behaviour::LoadingFirst);
     let config = "[backend]\nload_probe_after_ms = 0\n";

@@ -1,7 +1,7 @@
 //! The engine: compiled queries and configuration, built once and shared, and the
 //! request pipeline (chunk, deduplicate, rank, select, assemble).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -13,7 +13,7 @@ use crate::prompt::{instruction_prompt, windows};
 use crate::rank::{identifiers, terms, Bm25};
 use crate::{
     extract_instruction, ChunkQuery, Context, ContextError, ContextStats, Document, EngineConfig,
-    ExtraChunk, FunctionQuery, Language, Mode,
+    ExtraChunk, FunctionQuery, Language, Mode, ModelWindows,
 };
 
 /// Documents kept for [`ContextEngine::context_for_text`], by path.
@@ -34,6 +34,8 @@ const STICKY_BOOST: f32 = 50.0;
 #[derive(Debug)]
 pub struct ContextEngine {
     config: EngineConfig,
+    /// `config` with each named model's windows over it ([`EngineConfig::windows_for`]).
+    by_model: BTreeMap<String, EngineConfig>,
     /// Each parsed language's chunk query, indexed by the language (the order of
     /// [`Language::PARSED`]).
     chunk_queries: Vec<ChunkQuery>,
@@ -53,6 +55,9 @@ pub struct ContextOptions {
     pub path: Option<String>,
     /// Selected bytes: chunks that overlap them are always kept.
     pub selection: Option<Range<usize>>,
+    /// The model the prompt is for: its windows, where it has its own, replace the
+    /// configured ones (`None`: the backend's default model, which gets those).
+    pub model: Option<String>,
 }
 
 impl ContextEngine {
@@ -67,15 +72,34 @@ impl ContextEngine {
             chunk_queries.push(ChunkQuery::load(language, dir)?);
             FunctionQuery::built_in(language)?;
         }
+        let names = config
+            .models
+            .keys()
+            .map(String::as_str)
+            .chain(ModelWindows::BUILT_IN.iter().map(|(name, _)| *name));
+        let by_model = names
+            .filter_map(|name| {
+                let windows = config.windows_for(name)?;
+                Some((name.to_owned(), config.with_windows(windows)))
+            })
+            .collect();
         Ok(ContextEngine {
             chunk_queries,
             config,
+            by_model,
             recent: Mutex::new(VecDeque::new()),
         })
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The configuration a prompt for `model` is assembled with.
+    pub fn config_for(&self, model: Option<&str>) -> &EngineConfig {
+        model
+            .and_then(|model| self.by_model.get(model))
+            .unwrap_or(&self.config)
     }
 
     fn query(&self, language: Language) -> Option<&ChunkQuery> {
@@ -221,14 +245,16 @@ impl ContextEngine {
         let cursor = floor_char_boundary(text, cursor);
         let text_chars = text.chars().count();
         let lines = LineIndex::new(text);
+        let config = self.config_for(opts.model.as_deref());
         let request = Request {
             engine: self,
+            config,
             doc,
             text,
             lines: &lines,
             cursor,
             opts,
-            chunk: text_chars >= self.config.min_chars_to_chunk,
+            chunk: text_chars >= config.min_chars_to_chunk,
         };
         match instruction {
             Some(instruction) => request.instruction(instruction, text_chars),
@@ -244,6 +270,8 @@ fn elapsed_us(started: Instant) -> u64 {
 /// One request's inputs, shared by the FIM and instruction paths.
 struct Request<'a> {
     engine: &'a ContextEngine,
+    /// The engine's configuration for the request's model.
+    config: &'a EngineConfig,
     doc: &'a Document,
     text: &'a str,
     lines: &'a LineIndex,
@@ -262,7 +290,7 @@ struct Candidates {
 
 impl Request<'_> {
     fn config(&self) -> &EngineConfig {
-        &self.engine.config
+        self.config
     }
 
     fn chunks(&self) -> Vec<Chunk> {

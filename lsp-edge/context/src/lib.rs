@@ -26,7 +26,7 @@ pub mod prompt;
 mod queries;
 pub mod rank;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, ModelWindows};
 pub use document::Document;
 pub use engine::{ContextEngine, ContextOptions};
 pub use function::{

@@ -646,7 +646,7 @@ fn instruction_mode_keeps_the_enclosing_chunk_and_ranks_by_instruction() {
     let opts = ContextOptions {
         instruction: Some("Make load_users handle a missing file".into()),
         path: Some("svc.py".into()),
-        selection: None,
+        ..ContextOptions::default()
     };
     let config = EngineConfig {
         instruction_max_chunks: 2,
@@ -731,8 +731,8 @@ fn selection_is_always_kept() {
     let start = text.find("def unrelated_math").unwrap();
     let opts = ContextOptions {
         instruction: Some("Add type hints".into()),
-        path: None,
         selection: Some(start..start + 10),
+        ..ContextOptions::default()
     };
     let config = EngineConfig {
         instruction_max_chunks: 1,
@@ -880,4 +880,29 @@ fn fim_levers_reach_the_enclosing_definition_and_its_frame() {
         assert!(folded.prefix.contains(&chunk.text), "{}", chunk.label);
     }
     assert!(folded.prefix.ends_with(&ctx.prefix));
+}
+
+#[test]
+fn a_model_with_its_own_windows_gets_them() {
+    let mut config = small_config();
+    config.models.insert(
+        "narrow".into(),
+        crate::ModelWindows {
+            prefix_max_lines: Some(1),
+            ..crate::ModelWindows::default()
+        },
+    );
+    let engine = ContextEngine::new(config).unwrap();
+    let (text, at) = cursor("a = 1\nb = 2\nc = 3\nd = $0\n");
+    let doc = engine.parse(Language::Python, text);
+    let prefix = |model: Option<&str>| {
+        let options = ContextOptions {
+            model: model.map(str::to_owned),
+            ..ContextOptions::default()
+        };
+        engine.context(&doc, at, &options).prefix
+    };
+    assert_eq!(prefix(None), "a = 1\nb = 2\nc = 3\nd = ");
+    assert_eq!(prefix(Some("other")), prefix(None));
+    assert_eq!(prefix(Some("narrow")), "c = 3\nd = ");
 }

@@ -33,6 +33,10 @@ pub struct ContextArgs {
     /// A directory of `<language>/chunks.scm` queries replacing the built-in ones.
     #[arg(long, value_name = "DIR")]
     pub queries: Option<PathBuf>,
+    /// The model the prompt is for: a model with windows of its own (the 1.5B)
+    /// gets them.
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +67,7 @@ pub fn run(args: ContextArgs) -> anyhow::Result<()> {
         instruction: args.instruction,
         path: Some(args.file.display().to_string()),
         selection: None,
+        model: args.model,
     };
     let context = engine.context_for_text(language, &text, cursor, &opts);
     if args.json {

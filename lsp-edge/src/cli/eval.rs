@@ -90,7 +90,9 @@ pub struct EvalArgs {
     #[arg(long = "baseline-chars", value_name = "BEFORE[:AFTER]")]
     pub baselines: Vec<String>,
     /// Another engine configuration to compare in the same run: NAME=FILE, FILE a
-    /// TOML file like `serve`'s (its `[context]` section matters). Repeatable.
+    /// TOML file like `serve`'s (its `[context]` section matters; for a model with
+    /// windows of its own, such as the 1.5B, `[context.models."NAME"]` sets them).
+    /// Repeatable.
     #[arg(long = "variant", value_name = "NAME=FILE")]
     pub variants: Vec<String>,
     /// Ask for each case as an editor does right after Enter: first the document as it

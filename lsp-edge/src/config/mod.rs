@@ -550,6 +550,9 @@ impl Config {
         if let Some(token) = get("CEREBRUM_LSP_TOKEN") {
             self.token = Some(Secret::new(token));
         }
+        if let Some(model) = get("CEREBRUM_DEFAULT_MODEL") {
+            self.models.completion = Some(model);
+        }
         self.http.apply_env(get)?;
         if let Some(max) = get("CEREBRUM_LSP_MAX_IN_FLIGHT") {
             self.limits.max_in_flight = Some(max.parse().map_err(|err| {
@@ -919,6 +922,33 @@ completion = "py-model"
         );
         assert_eq!(config.models.fim(Some("smollm2-135m")), Some(false));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_default_model_names_the_completion_model() {
+        let env = |name: &str| (name == "CEREBRUM_DEFAULT_MODEL").then(|| "coder".to_owned());
+        let config = Config::load(None, env, &Overrides::default()).unwrap();
+        assert_eq!(
+            config.models.model_for(Language::Rust, Task::Completion),
+            Some("coder".into())
+        );
+        assert_eq!(
+            config.models.model_for(Language::Rust, Task::Refactor),
+            Some("coder".into())
+        );
+    }
+
+    #[test]
+    fn a_model_may_have_windows_of_its_own() {
+        let config = Config::from_toml(
+            "[context]\nprefix_max_lines = 70\n[context.models.coder]\nsuffix_max_chars = 300\n",
+        )
+        .unwrap();
+        let windows = config.context.windows_for("coder").unwrap();
+        assert_eq!(windows.suffix_max_chars, Some(300));
+        assert_eq!(config.context.prefix_max_lines, 70);
+        let err = Config::from_toml("[context.models.coder]\nsuffix = 3\n").unwrap_err();
+        assert!(err.contains("suffix"), "{err}");
     }
 
     #[test]

@@ -651,3 +651,50 @@ mod properties {
         }
     }
 }
+
+/// A model named "narrow" whose prompts keep two lines before the cursor.
+fn with_a_narrow_model(config: &mut Config) {
+    config.context.window_step_lines = 1;
+    let narrow = cerebrum_context::ModelWindows {
+        prefix_max_lines: Some(2),
+        min_chars_to_chunk: Some(0),
+        ..Default::default()
+    };
+    config.context.models.insert("narrow".into(), narrow);
+}
+
+#[tokio::test]
+async fn http_prompt_windows_follow_the_model() {
+    let (fake, url) = start_fake(hello_fake()).await;
+    let state = state_for(&url, with_a_narrow_model);
+    let prompt: String = (0..200).map(|i| format!("x{i} = {i}\n")).collect();
+    let request = |model: Option<&str>| {
+        let mut body = json!({"prompt": prompt, "suffix": "\n", "language": "python",
+            "temperature": 0, "max_tokens": 4});
+        if let Some(model) = model {
+            body["model"] = json!(model);
+        }
+        post_json("/v1/complete", body.to_string())
+    };
+    for model in [None, Some("narrow"), Some("other")] {
+        let response = call(&state, request(model)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{model:?}");
+    }
+    let sent: Vec<String> = (fake.requests.lock().unwrap().iter())
+        .map(|body| body["prompt"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent[0], prompt);
+    assert_eq!(sent[1], "x198 = 198\nx199 = 199\n");
+    assert_eq!(sent[2], prompt);
+
+    // The configured completion model picks the windows when the request names none.
+    let (fake, url) = start_fake(hello_fake()).await;
+    let state = state_for(&url, |config| {
+        with_a_narrow_model(config);
+        config.models.completion = Some("narrow".into());
+    });
+    call(&state, request(None)).await;
+    let sent = fake.requests.lock().unwrap()[0].clone();
+    assert_eq!(sent["prompt"], "x198 = 198\nx199 = 199\n");
+    assert_eq!(sent["model"], "narrow");
+}

@@ -371,6 +371,7 @@ impl Session {
         let engine = self.edge.engine.clone();
         let options = ContextOptions {
             path: snapshot.path.clone(),
+            model: (settings.config.models).model_for(language, Task::Completion),
             ..ContextOptions::default()
         };
         let (document, token, context) = tokio::task::spawn_blocking(move || {

@@ -412,6 +412,7 @@ fn related_chunks(
         instruction: Some(instruction.to_owned()),
         path: request.path.clone(),
         selection: Some(target.clone()),
+        ..ContextOptions::default()
     };
     let context = engine.context(doc, target.start, &options);
     let overlaps = |range: &Range<usize>| range.start < target.end && target.start < range.end;

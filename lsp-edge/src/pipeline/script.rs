@@ -247,9 +247,13 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
         if let Some(suffix) = &request.suffix {
             text.push_str(suffix);
         }
+        // The completion model's windows ([context.models]) shape the prompt.
+        let model = (request.model.clone())
+            .or_else(|| (config.models).model_for(request.language, Task::Completion));
         let options = ContextOptions {
             instruction: request.instruction.clone(),
             path: request.path.clone(),
+            model,
             ..ContextOptions::default()
         };
         let context = edge

@@ -144,6 +144,8 @@ struct Sample {
 struct SystemRun {
     name: &'static str,
     warmup: Vec<Duration>,
+    /// Prompt tokens each warm-up evaluated (the first: the cold prompt).
+    warmup_tokens: Vec<Option<u64>>,
     samples: Vec<Sample>,
     floor: Vec<Duration>,
 }
@@ -348,7 +350,9 @@ fn run_cerebrum(
         &infer_url,
         TEST_API_KEY,
         &format!("{EDGE_CONFIG}{extra}"),
-        &[],
+        // As `scripts/dev run` does: lsp-edge knows the model, so that the prompt
+        // has that model's windows.
+        &[("CEREBRUM_DEFAULT_MODEL", &args.model)],
     );
     started(&edge.service);
     let result = play_cerebrum(args, session, runtime, http, &infer_url, &edge);
@@ -387,11 +391,14 @@ fn play_cerebrum(
     let stats = || runtime.block_on(vps_infer_stats(http, infer_url));
 
     let mut warmup = Vec::new();
+    let mut warmup_tokens = Vec::new();
     for i in 0..args.warmup {
+        let before = stats()?;
         let started = Instant::now();
         let sample = lsp_inline(&mut client, session.start, &format!("warmup-{i}"), started);
+        let tokens = stats()?.0 - before.0;
         progress(&format!(
-            "Cerebrum warm-up {}: {} ms",
+            "Cerebrum warm-up {}: {} ms, {tokens} prompt tokens",
             i + 1,
             sample.ttft.as_millis()
         ));
@@ -399,6 +406,7 @@ fn play_cerebrum(
             bail!("warm-up request failed: {error}");
         }
         warmup.push(sample.ttft);
+        warmup_tokens.push(Some(tokens));
     }
 
     let mut samples = Vec::new();
@@ -448,6 +456,7 @@ fn play_cerebrum(
     Ok(SystemRun {
         name: "Cerebrum",
         warmup,
+        warmup_tokens,
         samples,
         floor,
     })
@@ -600,15 +609,18 @@ fn play_llama_server(
 ) -> Result<SystemRun> {
     let mut text = session.initial.clone();
     let mut warmup = Vec::new();
+    let mut warmup_tokens = Vec::new();
     for i in 0..args.warmup {
         let body = infill_body(args, &text, session.start);
         let sample = runtime.block_on(infill(http, url, &body, session.start))?;
         progress(&format!(
-            "llama-server warm-up {}: {} ms",
+            "llama-server warm-up {}: {} ms, {} prompt tokens",
             i + 1,
-            sample.ttft.as_millis()
+            sample.ttft.as_millis(),
+            sample.prompt_tokens.map_or("?".into(), |n| n.to_string())
         ));
         warmup.push(sample.ttft);
+        warmup_tokens.push(sample.prompt_tokens);
     }
 
     let mut samples = Vec::new();
@@ -646,6 +658,7 @@ fn play_llama_server(
     Ok(SystemRun {
         name: "llama-server",
         warmup,
+        warmup_tokens,
         samples,
         floor,
     })
@@ -955,7 +968,11 @@ impl Report<'_> {
                 failed,
                 run.warmup
                     .iter()
-                    .map(|d| format!("{:.0} ms", ms(*d)))
+                    .zip(&run.warmup_tokens)
+                    .map(|(d, tokens)| match tokens {
+                        Some(n) => format!("{:.0} ms ({n} prompt tokens)", ms(*d)),
+                        None => format!("{:.0} ms", ms(*d)),
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
             ));
@@ -1010,6 +1027,7 @@ impl Report<'_> {
                         "samples": run.floor.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
                     },
                     "warmup_ms": run.warmup.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                    "warmup_prompt_tokens": run.warmup_tokens,
                     "samples": samples,
                 })
             })
