@@ -67,6 +67,17 @@ impl FakeBackend {
         self.seen.0.lock().unwrap().inference_bodies.clone()
     }
 
+    /// Waits for lsp-edge's first `/health` call (it asks for the default model at
+    /// start), then counts from zero again.
+    fn wait_for_the_start_probe(&self) {
+        let (lock, signal) = &*self.seen;
+        let mut seen = lock.lock().unwrap();
+        while seen.health_calls == 0 {
+            seen = signal.wait(seen).unwrap();
+        }
+        seen.health_calls = 0;
+    }
+
     fn serve(&self, mut stream: TcpStream) {
         let Some((request_line, body)) = cerebrum_tests::read_http_request(&stream) else {
             return;
@@ -290,9 +301,11 @@ fn the_prompt_has_the_windows_of_the_model_lsp_edge_asks_for() {
 
 #[test]
 fn a_loading_model_shows_as_work_done_progress() {
-    let backend = FakeBackend::start(Behaviour::LoadingFirst);
+    let backend = FakeBackend::start(Behaviour::Answer);
     let config = "[backend]\nload_probe_after_ms = 0\n";
     let edge = LspEdge::start(&backend.url(), "key", config, &[]);
+    backend.wait_for_the_start_probe();
+    backend.set(Behaviour::LoadingFirst);
     let mut client = edge.client();
     client.initialize(json!({}), json!({"window": {"workDoneProgress": true}}));
     client.did_open(URI, "python", 1, TEXT);

@@ -148,6 +148,7 @@ async fn non_streamed_inference_answers_text_and_stats() {
 
     let (_, health) = get(&server, "/health").await;
     assert_eq!(health["model_loaded"], SMOL, "{health}");
+    assert_eq!(health["default_model"], SMOL, "{health}");
 }
 
 #[tokio::test]

@@ -447,6 +447,7 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
         "status": state,
         "model_loaded": status.loaded,
         "model_loading": status.loading,
+        "default_model": app.engine.default_model(),
         "last_load_error": status.last_load_error,
         "cpu_percent": app.guard.other_cpu_percent(),
         "memory_available_mb": app.guard.available_mb(),

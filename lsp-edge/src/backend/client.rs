@@ -86,6 +86,36 @@ pub enum StreamEvent {
 pub struct Health {
     pub status: String,
     pub model_loaded: Option<String>,
+    /// The model that answers a request naming none (vps-infer; for `openai` and
+    /// `ollama`, the configured one).
+    pub default_model: Option<String>,
+}
+
+/// The model a backend answers with when a request names none, as it last said: in
+/// `/health`, or in the final event of an answer to such a request. lsp-edge shapes
+/// a prompt for it when its configuration names no model.
+#[derive(Debug, Default)]
+pub struct DefaultModel(std::sync::Mutex<Option<String>>);
+
+impl DefaultModel {
+    pub fn get(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    fn set(&self, model: &str) {
+        let mut slot = self.lock();
+        if slot.as_deref() != Some(model) {
+            tracing::debug!(model, "the backend's default model");
+            *slot = Some(model.to_owned());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // A name, written whole: a panic elsewhere cannot leave it half-written.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -186,6 +216,7 @@ pub struct BackendClient {
     name: String,
     breaker: Arc<CircuitBreaker>,
     usage: Arc<Usage>,
+    default_model: Arc<DefaultModel>,
 }
 
 impl BackendClient {
@@ -199,7 +230,13 @@ impl BackendClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|err| BackendError::Protocol(format!("cannot build HTTP client: {err}")))?;
+        let default_model = Arc::new(DefaultModel::default());
+        if let Some(model) = &config.model {
+            // `openai` and `ollama` backends are always asked for this one.
+            default_model.set(model);
+        }
         Ok(BackendClient {
+            default_model,
             http,
             base_url: config.url.trim_end_matches('/').to_owned(),
             display_url: redact_url(config.url.trim_end_matches('/')),
@@ -213,6 +250,34 @@ impl BackendClient {
 
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The model this backend answers a request naming none with, once known.
+    pub fn default_model(&self) -> Option<String> {
+        self.default_model.get()
+    }
+
+    /// Asks a vps-infer for its default model (`/health`), every 10 s until it
+    /// answers; other kinds of backend are asked for their configured model, known
+    /// already. Answers keep it up to date afterwards.
+    pub async fn learn_default_model(&self) {
+        if self.config.kind != BackendKind::VpsInfer {
+            return;
+        }
+        loop {
+            match self.health().await {
+                Ok(health) => {
+                    if let Some(model) = health.default_model {
+                        self.default_model.set(&model);
+                    }
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(backend = %self.name, "default model not known yet: {err}");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
     }
 
     /// The base URL without credentials, for anything a person or client may read.
@@ -293,6 +358,7 @@ impl BackendClient {
         }
 
         Ok(TokenStream {
+            learns_default: request.model.is_none().then(|| self.default_model.clone()),
             body: Box::pin(response.bytes_stream()),
             sse: SseDecoder::new(wire.framing),
             parser: EventParser::new(self.config.kind),
@@ -333,13 +399,14 @@ impl BackendClient {
         if kind == BackendKind::LlamaServer && response.status().as_u16() == 503 {
             return Ok(Health {
                 status: "loading".into(),
-                model_loaded: None,
+                ..Health::default()
             });
         }
         if kind != BackendKind::VpsInfer && response.status().is_success() {
             return Ok(Health {
                 status: "ok".into(),
                 model_loaded: self.config.model.clone(),
+                default_model: self.config.model.clone(),
             });
         }
         if !response.status().is_success() {
@@ -546,6 +613,8 @@ pub struct TokenStream {
     /// Whitespace the prompt left out at its end, still to be taken off the start
     /// of the answer ([`TokenStream::expect_leading`]).
     lead: String,
+    /// Where the model named in the final event goes, when the request named none.
+    learns_default: Option<Arc<DefaultModel>>,
 }
 
 impl std::fmt::Debug for TokenStream {
@@ -588,9 +657,12 @@ impl TokenStream {
         let result = self.next_inner().await;
         match &result {
             Ok(StreamEvent::Token(_)) => self.got_token = true,
-            Ok(StreamEvent::Done(_)) => {
+            Ok(StreamEvent::Done(done)) => {
                 self.finished = true;
                 self.attempt.succeeded();
+                if let (Some(slot), Some(model)) = (&self.learns_default, &done.model) {
+                    slot.set(model);
+                }
             }
             Err(err) => {
                 self.finished = true;

@@ -14,8 +14,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use client::{
-    redact_url, BackendClient, BackendError, ExtraChunk, GenerationStats, Health, InferenceRequest,
-    SseDecoder, StreamEvent, TokenStream, Usage,
+    redact_url, BackendClient, BackendError, DefaultModel, ExtraChunk, GenerationStats, Health,
+    InferenceRequest, SseDecoder, StreamEvent, TokenStream, Usage,
 };
 
 use self::breaker::{CircuitBreaker, Clock};
@@ -166,6 +166,21 @@ impl Backends {
     /// The first backend: the only one, in the common case.
     pub fn first(&self) -> &Backend {
         &self.0.members[0]
+    }
+
+    /// The model `document`'s backend answers a request naming none with, once
+    /// known ([`BackendClient::learn_default_model`]).
+    pub fn default_model(&self, document: Option<&str>) -> Option<String> {
+        let (_, backend) = self.candidates(document).into_iter().next()?;
+        backend.client.default_model()
+    }
+
+    /// Starts learning each backend's default model in the background.
+    pub fn learn_default_models(&self) {
+        for backend in self.members() {
+            let client = backend.client.clone();
+            tokio::spawn(async move { client.learn_default_model().await });
+        }
     }
 
     fn homes(&self) -> std::sync::MutexGuard<'_, Homes> {

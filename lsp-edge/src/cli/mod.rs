@@ -107,6 +107,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     let edge = Edge::new(config).context("cannot start lsp-edge")?;
+    // A prompt has the windows of the model it is for (`[context.models]`): when
+    // the configuration names none, that is the backend's default.
+    edge.backends.learn_default_models();
 
     if args.stdio {
         tracing::info!(backend = %backend_url, "serving one editor over stdio");

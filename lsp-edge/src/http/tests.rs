@@ -73,7 +73,7 @@ async fn fake_inference(
 }
 
 async fn fake_health() -> Json<Value> {
-    Json(json!({"status": "ok", "model_loaded": "fake"}))
+    Json(json!({"status": "ok", "model_loaded": "fake", "default_model": "fake"}))
 }
 
 /// Starts the fake on a free loopback port; returns it and its URL.
@@ -697,4 +697,53 @@ async fn http_prompt_windows_follow_the_model() {
     let sent = fake.requests.lock().unwrap()[0].clone();
     assert_eq!(sent["prompt"], "x198 = 198\nx199 = 199\n");
     assert_eq!(sent["model"], "narrow");
+}
+
+#[tokio::test]
+async fn http_prompt_windows_follow_the_backends_default_model_once_known() {
+    let narrow_fake = |config: &mut Config| {
+        with_a_narrow_model(config);
+        let narrow = config.context.models.remove("narrow").unwrap();
+        config.context.models.insert("fake".into(), narrow);
+    };
+    let prompt = |n: usize| -> String { (0..200).map(|i| format!("x{i} = {}\n", i * n)).collect() };
+    let request = |text: &str| {
+        let body = json!({"prompt": text, "suffix": "\n", "language": "python",
+            "temperature": 0, "max_tokens": 4});
+        post_json("/v1/complete", body.to_string())
+    };
+
+    // Learnt from the first answer (its final event names the model).
+    let (fake, url) = start_fake(hello_fake()).await;
+    let state = state_for(&url, narrow_fake);
+    for n in [1, 2] {
+        assert_eq!(
+            call(&state, request(&prompt(n))).await.status(),
+            StatusCode::OK
+        );
+    }
+    let sent: Vec<Value> = fake.requests.lock().unwrap().clone();
+    assert_eq!(
+        sent[0]["prompt"],
+        prompt(1),
+        "not known before the first answer"
+    );
+    assert_eq!(sent[1]["prompt"], "x198 = 396\nx199 = 398\n");
+    assert!(
+        sent[1].get("model").is_none(),
+        "the choice stays vps-infer's: {}",
+        sent[1]
+    );
+
+    // Learnt from /health, as `serve` asks at start.
+    let (fake, url) = start_fake(hello_fake()).await;
+    let mut config = Config::default();
+    config.backend.url = url;
+    narrow_fake(&mut config);
+    let edge = Edge::new(config).unwrap();
+    edge.backends.first().client.learn_default_model().await;
+    let state = HttpState::new(edge);
+    call(&state, request(&prompt(1))).await;
+    let sent = fake.requests.lock().unwrap()[0].clone();
+    assert_eq!(sent["prompt"], "x198 = 198\nx199 = 199\n");
 }

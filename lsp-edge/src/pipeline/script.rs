@@ -247,9 +247,11 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
         if let Some(suffix) = &request.suffix {
             text.push_str(suffix);
         }
-        // The completion model's windows ([context.models]) shape the prompt.
+        // The completion model's windows ([context.models]) shape the prompt; with
+        // none named, the backend's default model's.
         let model = (request.model.clone())
-            .or_else(|| (config.models).model_for(request.language, Task::Completion));
+            .or_else(|| (config.models).model_for(request.language, Task::Completion))
+            .or_else(|| edge.backends.default_model(request.path.as_deref()));
         let options = ContextOptions {
             instruction: request.instruction.clone(),
             path: request.path.clone(),

@@ -350,9 +350,9 @@ fn run_cerebrum(
         &infer_url,
         TEST_API_KEY,
         &format!("{EDGE_CONFIG}{extra}"),
-        // As `scripts/dev run` does: lsp-edge knows the model, so that the prompt
-        // has that model's windows.
-        &[("CEREBRUM_DEFAULT_MODEL", &args.model)],
+        // As `scripts/dev run` starts it: lsp-edge names no model, learns vps-infer's
+        // default and gives the prompt that model's windows.
+        &[],
     );
     started(&edge.service);
     let result = play_cerebrum(args, session, runtime, http, &infer_url, &edge);
