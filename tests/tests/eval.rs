@@ -45,6 +45,8 @@ fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
     let report = run_eval(&["--baseline-chars", "1200:400", "--max-tokens", "24"]);
     assert_eq!(report["count"], 2);
     assert_eq!(report["hole_lines"], 1);
+    // No --model: the backend's default, asked for at start, named in the report.
+    assert_eq!(report["model"], "qwen2.5-coder-0.5b");
     let scores = report["scores"].as_array().unwrap();
     let names: Vec<&str> = scores.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["cerebrum", "window 1200/400"]);

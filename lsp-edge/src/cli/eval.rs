@@ -117,7 +117,7 @@ pub struct EvalArgs {
     /// Leave out the engine with the main configuration (compare variants only).
     #[arg(long)]
     pub no_engine: bool,
-    /// The model to ask for (default: vps-infer's default model).
+    /// The model to ask for (default: the backend's default model, asked for at start).
     #[arg(long)]
     pub model: Option<String>,
     /// Most tokens per answer [default: 48, which the first line never reaches
@@ -1150,6 +1150,12 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
     }
 
     let main_edge = Edge::new(config.clone()).context("cannot start lsp-edge")?;
+    if args.model.is_none() && config.models.completion.is_none() {
+        // Named, the backend's default model gives every case, its primer included,
+        // that model's windows, and the report says what it measured.
+        let health = main_edge.backends.first().client.health().await;
+        args.model = health.ok().and_then(|health| health.default_model);
+    }
     let mut variants = Vec::new();
     if !args.no_engine {
         variants.push(Variant {
