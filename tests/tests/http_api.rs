@@ -192,6 +192,11 @@ async fn worked_example_def_hello_streams_tokens_then_done_without_chunking() {
         health["backend"]["model_loaded"], "smollm2-135m",
         "{health}"
     );
+    // Learnt from vps-infer at start and from the answer above.
+    assert_eq!(
+        health["backend"]["default_model"], "smollm2-135m",
+        "{health}"
+    );
     assert_eq!(health["backend"]["breaker"]["state"], "closed", "{health}");
 }
 

@@ -434,6 +434,8 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
                 let mut json = serde_json::to_value(&stats).unwrap_or(Value::Null);
                 json["reachable"] = json!(reachable);
                 json["breaker"] = breaker_json(&breaker);
+                // The model prompts are shaped for when lsp-edge names none.
+                json["default_model"] = json!(client.default_model());
                 match probe {
                     Ok(health) => {
                         json["status"] = json!(health.status);
