@@ -231,8 +231,11 @@ impl BackendClient {
             .build()
             .map_err(|err| BackendError::Protocol(format!("cannot build HTTP client: {err}")))?;
         let default_model = Arc::new(DefaultModel::default());
-        if let Some(model) = &config.model {
-            // `openai` and `ollama` backends are always asked for this one.
+        // `openai` and `ollama` backends are always asked for their configured model
+        // (`wire::model_for`); a vps-infer is asked for the request's.
+        if let (Some(model), BackendKind::Openai | BackendKind::Ollama) =
+            (&config.model, config.kind)
+        {
             default_model.set(model);
         }
         Ok(BackendClient {

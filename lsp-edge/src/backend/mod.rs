@@ -168,10 +168,17 @@ impl Backends {
         &self.0.members[0]
     }
 
-    /// The model `document`'s backend answers a request naming none with, once
-    /// known ([`BackendClient::learn_default_model`]).
+    /// The model a request naming none is answered with, once known
+    /// ([`BackendClient::learn_default_model`]): its document's home's, else the
+    /// first backend's. Cheaper than [`Backends::candidates`], which ranks them all:
+    /// backends behind one lsp-edge serve the same model as a rule.
     pub fn default_model(&self, document: Option<&str>) -> Option<String> {
-        let (_, backend) = self.candidates(document).into_iter().next()?;
+        let members = &self.0.members;
+        let home = match (document, members.len()) {
+            (Some(document), 2..) => self.homes().by_document.get(document).copied(),
+            _ => None,
+        };
+        let backend = home.and_then(|m| members.get(m)).unwrap_or(self.first());
         backend.client.default_model()
     }
 
@@ -287,6 +294,28 @@ mod tests {
             .into_iter()
             .map(|(_, backend)| backend.client.name().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn the_default_model_is_known_at_once_only_where_the_backend_is_always_asked_for_it() {
+        let clock: Arc<dyn Clock> = Arc::new(breaker::SystemClock);
+        let configs: Vec<BackendConfig> = [BackendKind::VpsInfer, BackendKind::Ollama]
+            .into_iter()
+            .map(|kind| BackendConfig {
+                kind,
+                model: Some("m".into()),
+                ..BackendConfig::default()
+            })
+            .collect();
+        let backends = Backends::new(&configs, &BreakerConfig::default(), &clock).unwrap();
+        let known: Vec<Option<String>> = (backends.members().iter())
+            .map(|backend| backend.client.default_model())
+            .collect();
+        // A vps-infer is sent the request's model, not `model`: it says its own.
+        assert_eq!(known, [None, Some("m".to_owned())]);
+        backends.settle(Some("doc"), 1);
+        assert_eq!(backends.default_model(Some("doc")), Some("m".into()));
+        assert_eq!(backends.default_model(Some("new")), None);
     }
 
     #[test]
