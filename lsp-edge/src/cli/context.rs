@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
+
+use crate::config::{Config, Overrides};
 use cerebrum_context::{
     byte_offset_at, extract_instruction, render_text, ContextEngine, ContextOptions, EngineConfig,
     Language,
@@ -33,6 +35,10 @@ pub struct ContextArgs {
     /// A directory of `<language>/chunks.scm` queries replacing the built-in ones.
     #[arg(long, value_name = "DIR")]
     pub queries: Option<PathBuf>,
+    /// lsp-edge's configuration file, whose `[context]` the engine takes (the
+    /// `CEREBRUM_` variables apply too, as for `lsp-edge serve`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The model the prompt is for: a model with windows of its own (the 1.5B)
     /// gets them.
     #[arg(long, value_name = "NAME")]
@@ -40,6 +46,26 @@ pub struct ContextArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The engine's configuration: `--config`'s `[context]` (under the environment's
+/// `CEREBRUM_` variables), with `--queries` over its queries.
+fn engine_config(
+    args: &ContextArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<EngineConfig> {
+    let config = match &args.config {
+        Some(file) => {
+            Config::load(Some(file), env, &Overrides::default())
+                .context("invalid configuration")?
+                .context
+        }
+        None => EngineConfig::default(),
+    };
+    Ok(EngineConfig {
+        queries_dir: args.queries.clone().or(config.queries_dir.clone()),
+        ..config
+    })
 }
 
 pub fn run(args: ContextArgs) -> anyhow::Result<()> {
@@ -52,10 +78,7 @@ pub fn run(args: ContextArgs) -> anyhow::Result<()> {
         Some(name) => Language::from_name(name),
         None => Language::from_path(&args.file),
     };
-    let config = EngineConfig {
-        queries_dir: args.queries.clone(),
-        ..EngineConfig::default()
-    };
+    let config = engine_config(&args, |name| std::env::var(name).ok())?;
     let engine = ContextEngine::new(config).context("cannot build the context engine")?;
 
     let cursor = match args.line {
@@ -76,4 +99,42 @@ pub fn run(args: ContextArgs) -> anyhow::Result<()> {
         print!("{}", render_text(&context));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> ContextArgs {
+        ContextArgs {
+            file: "a.py".into(),
+            line: None,
+            column: None,
+            instruction: None,
+            language: None,
+            queries: None,
+            config,
+            model: None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn the_engine_takes_the_context_section_of_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("cerebrum-context-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("lsp-edge.toml");
+        std::fs::write(&file, "[context]\nprefix_max_lines = 7\n").unwrap();
+        let config = engine_config(&args(Some(file.clone())), |_| None).unwrap();
+        assert_eq!(config.prefix_max_lines, 7);
+        assert_eq!(
+            engine_config(&args(None), |_| None).unwrap(),
+            EngineConfig::default()
+        );
+
+        std::fs::write(&file, "[context]\nprefix_max_lines = \"seven\"\n").unwrap();
+        let err = engine_config(&args(Some(file)), |_| None).unwrap_err();
+        assert!(format!("{err:#}").contains("prefix_max_lines"), "{err:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
