@@ -11,12 +11,26 @@ use crate::backend::limiter::GenerationLimiter;
 use crate::backend::{BackendError, Backends};
 use crate::config::Config;
 
+/// Why the shared state could not be built. The cause is in the message, not also a
+/// `source`, so a chain of causes (`lsp-edge serve`'s error) says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error("context engine: {0}")]
-    Context(#[from] ContextError),
+    Context(ContextError),
     #[error("backend client: {0}")]
-    Backend(#[from] BackendError),
+    Backend(BackendError),
+}
+
+impl From<ContextError> for EdgeError {
+    fn from(err: ContextError) -> Self {
+        EdgeError::Context(err)
+    }
+}
+
+impl From<BackendError> for EdgeError {
+    fn from(err: BackendError) -> Self {
+        EdgeError::Backend(err)
+    }
 }
 
 #[derive(Debug)]
@@ -57,5 +71,25 @@ impl Edge {
             return Ok(self.backends.clone());
         }
         Backends::new(&list, &self.config.breaker, &self.clock)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_query_is_named_once_in_the_chain_of_causes() {
+        let dir = std::env::temp_dir().join(format!("cerebrum-edge-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("python")).unwrap();
+        std::fs::write(dir.join("python/chunks.scm"), "(((").unwrap();
+        let mut config = Config::default();
+        config.context.queries_dir = Some(dir.clone());
+        let err = Edge::new(config).unwrap_err();
+        std::fs::remove_dir_all(dir).unwrap();
+        let message = err.to_string();
+        assert!(message.starts_with("context engine: query "), "{message}");
+        assert!(message.contains("does not compile"), "{message}");
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

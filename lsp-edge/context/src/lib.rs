@@ -45,11 +45,11 @@ use std::path::PathBuf;
 /// data, so only configuration (the query files) can go wrong, and only at start.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("cannot read query file {path}: {source}")]
+    /// The I/O error is in the message only (not also a `source`, said twice).
+    #[error("cannot read query file {path}: {error}")]
     ReadQuery {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("query {origin} for {language} does not compile: {message}")]
     CompileQuery {

@@ -123,9 +123,9 @@ impl ChunkQuery {
         if let Some(path) = dir.map(|dir| dir.join(language.name()).join("chunks.scm")) {
             if path.is_file() {
                 let source =
-                    std::fs::read_to_string(&path).map_err(|source| ContextError::ReadQuery {
+                    std::fs::read_to_string(&path).map_err(|error| ContextError::ReadQuery {
                         path: path.clone(),
-                        source,
+                        error,
                     })?;
                 return Self::compile(language, &source, &path.display().to_string());
             }

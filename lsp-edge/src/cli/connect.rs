@@ -7,14 +7,17 @@ use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to lsp-edge at {addr}: {source}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is in the message only (not also a `source`, said twice).
+    #[error("cannot connect to lsp-edge at {addr}: {error}")]
+    Connect { addr: String, error: std::io::Error },
     #[error("connection to lsp-edge broke: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for ConnectError {
+    fn from(err: std::io::Error) -> Self {
+        ConnectError::Io(err)
+    }
 }
 
 /// Connects to `addr` and bridges it with stdin/stdout until the server closes the
@@ -22,9 +25,9 @@ pub enum ConnectError {
 pub async fn run(addr: &str) -> Result<(), ConnectError> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|source| ConnectError::Connect {
+        .map_err(|error| ConnectError::Connect {
             addr: addr.to_owned(),
-            source,
+            error,
         })?;
     stream.set_nodelay(true)?;
     bridge(stream, tokio::io::stdin(), tokio::io::stdout()).await

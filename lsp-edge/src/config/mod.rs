@@ -18,11 +18,12 @@ pub use self::http::HttpConfig;
 /// Why a configuration was refused. Every message names the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The I/O error is in the message, not a `source`, so that the message alone
+    /// says it and a chain of causes does not say it twice.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -501,9 +502,9 @@ impl Config {
     }
 
     fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
@@ -857,6 +858,20 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_its_reason_once() {
+        let path = Path::new("/nonexistent/cerebrum/lsp-edge.toml");
+        let err = Config::load(Some(path), no_env, &Overrides::default()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("/nonexistent/cerebrum/lsp-edge.toml"),
+            "{message}"
+        );
+        assert!(message.contains("No such file"), "{message}");
+        // Not a cause as well: an error chain would say it twice.
+        assert!(std::error::Error::source(&err).is_none());
     }
 
     #[test]
