@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-
-use crate::config::{Config, Overrides};
 use cerebrum_context::{
     byte_offset_at, extract_instruction, render_text, ContextEngine, ContextOptions, EngineConfig,
     Language,
 };
+
+use crate::config::{Config, Overrides};
 
 /// Build the context (prompt) for FILE at a cursor and print it with statistics.
 #[derive(Debug, clap::Args)]
@@ -37,7 +37,7 @@ pub struct ContextArgs {
     pub queries: Option<PathBuf>,
     /// lsp-edge's configuration file, whose `[context]` the engine takes (the
     /// `CEREBRUM_` variables apply too, as for `lsp-edge serve`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CEREBRUM_LSP_CONFIG")]
     pub config: Option<PathBuf>,
     /// The model the prompt is for: a model with windows of its own (the 1.5B)
     /// gets them.
@@ -54,7 +54,7 @@ fn engine_config(
     args: &ContextArgs,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<EngineConfig> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(file) => {
             Config::load(Some(file), env, &Overrides::default())
                 .context("invalid configuration")?
@@ -62,10 +62,10 @@ fn engine_config(
         }
         None => EngineConfig::default(),
     };
-    Ok(EngineConfig {
-        queries_dir: args.queries.clone().or(config.queries_dir.clone()),
-        ..config
-    })
+    if let Some(dir) = &args.queries {
+        config.queries_dir = Some(dir.clone());
+    }
+    Ok(config)
 }
 
 pub fn run(args: ContextArgs) -> anyhow::Result<()> {
@@ -131,6 +131,15 @@ mod tests {
             engine_config(&args(None), |_| None).unwrap(),
             EngineConfig::default()
         );
+
+        // `--queries` goes over the file's.
+        std::fs::write(&file, "[context]\nqueries_dir = \"/from/file\"\n").unwrap();
+        let mut given = args(Some(file.clone()));
+        let config = engine_config(&given, |_| None).unwrap();
+        assert_eq!(config.queries_dir, Some(PathBuf::from("/from/file")));
+        given.queries = Some("/from/flag".into());
+        let config = engine_config(&given, |_| None).unwrap();
+        assert_eq!(config.queries_dir, Some(PathBuf::from("/from/flag")));
 
         std::fs::write(&file, "[context]\nprefix_max_lines = \"seven\"\n").unwrap();
         let err = engine_config(&args(Some(file)), |_| None).unwrap_err();
