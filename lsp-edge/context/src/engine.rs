@@ -552,13 +552,18 @@ impl Request<'_> {
         let enclosing = chunks
             .iter()
             .find(|chunk| self.encloses_cursor(chunk) && chunk.kind == ChunkKind::Definition);
-        if let Some(enclosing) = enclosing {
-            let start = enclosing.range.start;
-            if config.enclosing_max_chars > 0
-                && start < prefix.start
-                && text[start..prefix.start].chars().count() <= config.enclosing_max_chars
-            {
-                prefix.start = start;
+        if config.enclosing_max_chars > 0 {
+            // The function's own start: a chunk may be a part of a long one.
+            let function =
+                crate::function::enclosing_function(self.doc, self.cursor).map(|function| {
+                    self.lines
+                        .line_start(self.lines.line_of(function.range.start))
+                });
+            let start = function.or(enclosing.map(|chunk| chunk.range.start));
+            if let Some(start) = start.filter(|&start| start < prefix.start) {
+                if text[start..prefix.start].chars().count() <= config.enclosing_max_chars {
+                    prefix.start = start;
+                }
             }
         }
         let frame = enclosing.map(|chunk| chunk.symbol.clone());

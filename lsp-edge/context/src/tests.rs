@@ -906,3 +906,34 @@ fn a_model_with_its_own_windows_gets_them() {
     assert_eq!(prefix(Some("other")), prefix(None));
     assert_eq!(prefix(Some("narrow")), "c = 3\nd = ");
 }
+
+#[test]
+fn the_enclosing_definition_is_reached_back_to_from_its_start_even_when_split() {
+    // Longer than `max_chunk_chars`, so its chunk is split into parts and the part
+    // holding the cursor starts inside the function.
+    let body: String = (0..30)
+        .map(|i| format!("    total += values[{i}] * {i}\n"))
+        .collect::<String>()
+        .replace("values[20] * 20", "values[20] * $020");
+    let fixture = format!(
+        "import math\n\n\ndef weighted(values):\n    total = 0\n{body}    return total\n\n\nprint(weighted([1]))\n"
+    );
+    let prefix = |enclosing_max_chars| {
+        let config = EngineConfig {
+            max_chunks: 0,
+            enclosing_max_chars,
+            ..small_config()
+        };
+        let (text, at) = cursor(&fixture);
+        let engine = ContextEngine::new(config).unwrap();
+        let context =
+            engine.context_for_text(Language::Python, &text, at, &ContextOptions::default());
+        context.prefix
+    };
+    let window = prefix(0);
+    assert!(window.starts_with("    total += values[1"), "{window}");
+    let whole = prefix(2_000);
+    assert!(whole.starts_with("def weighted(values):\n"), "{whole}");
+    // Further back than allowed: the window stays.
+    assert_eq!(prefix(100), window);
+}
