@@ -560,10 +560,11 @@ impl Request<'_> {
                         .line_start(self.lines.line_of(function.range.start))
                 });
             let start = function.or(enclosing.map(|chunk| chunk.range.start));
-            if let Some(start) = start.filter(|&start| start < prefix.start) {
-                if text[start..prefix.start].chars().count() <= config.enclosing_max_chars {
-                    prefix.start = start;
-                }
+            if let Some(start) = start.filter(|&start| {
+                start < prefix.start
+                    && text[start..prefix.start].chars().count() <= config.enclosing_max_chars
+            }) {
+                prefix.start = start;
             }
         }
         let frame = enclosing.map(|chunk| chunk.symbol.clone());

@@ -371,9 +371,12 @@ impl Session {
         let engine = self.edge.engine.clone();
         let options = ContextOptions {
             path: snapshot.path.clone(),
-            model: (settings.config.models)
-                .model_for(language, Task::Completion)
-                .or_else(|| settings.backends.default_model(Some(uri.as_str()))),
+            model: pipeline::prompt_model(
+                &settings.config.models,
+                &settings.backends,
+                language,
+                Some(uri.as_str()),
+            ),
             ..ContextOptions::default()
         };
         let (document, token, context) = tokio::task::spawn_blocking(move || {

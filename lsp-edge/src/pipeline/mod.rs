@@ -31,7 +31,9 @@ use crate::backend::{
     Backend, BackendClient, BackendError, Backends, ExtraChunk, GenerationStats, InferenceRequest,
     StreamEvent, TokenStream,
 };
-use crate::config::{BackendKind, CompletionConfig};
+use cerebrum_context::Language;
+
+use crate::config::{BackendKind, CompletionConfig, ModelsConfig, Task};
 
 /// What to generate from.
 #[derive(Debug, Clone)]
@@ -117,6 +119,18 @@ pub fn plain_prompt(prefix: &str, extra: &[ExtraChunk]) -> String {
     }
     prompt.push_str(prefix);
     prompt
+}
+
+/// The model a completion prompt for `document` is shaped for (its windows,
+/// `[context.models]`) when the request names none: the configured completion model,
+/// else the backend's default once known ([`Backends::default_model`]).
+pub fn prompt_model(
+    models: &ModelsConfig,
+    backends: &Backends,
+    language: Language,
+    document: Option<&str>,
+) -> Option<String> {
+    (models.model_for(language, Task::Completion)).or_else(|| backends.default_model(document))
 }
 
 /// The vps-infer request for `input`, in its fill-in-the-middle form when `fim`

@@ -249,9 +249,10 @@ pub fn assemble(edge: &Edge, request: CompletionRequest, received: Instant) -> P
         }
         // The completion model's windows ([context.models]) shape the prompt; with
         // none named, the backend's default model's.
-        let model = (request.model.clone())
-            .or_else(|| (config.models).model_for(request.language, Task::Completion))
-            .or_else(|| edge.backends.default_model(request.path.as_deref()));
+        let model = request.model.clone().or_else(|| {
+            let document = request.path.as_deref();
+            pipeline::prompt_model(&config.models, &edge.backends, request.language, document)
+        });
         let options = ContextOptions {
             instruction: request.instruction.clone(),
             path: request.path.clone(),
