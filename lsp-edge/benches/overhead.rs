@@ -160,11 +160,13 @@ fn peak_rss_kb(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap()
+/// Two distinct loopback ports that were free a moment ago: both are held while the
+/// second is chosen, since the kernel may hand a just-released port out again.
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (first, second) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+    (port(&first), port(&second))
 }
 
 #[tokio::main]
@@ -190,11 +192,12 @@ async fn main() {
         "[completion]\nmax_lines = 1000\nmax_tokens = 256\n",
     )
     .unwrap();
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (lsp_port, http_port) = two_free_ports();
+    let addr: SocketAddr = ([127, 0, 0, 1], lsp_port).into();
     let mut edge = std::process::Command::new(env!("CARGO_BIN_EXE_lsp-edge"))
         .args(["serve", "--listen", &addr.to_string()])
         .args(["--backend", &format!("http://{backend}")])
-        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
         .arg("--config")
         .arg(&config)
         // `LSP_EDGE_BENCH_LOG=lsp_edge=debug` shows where the time goes.

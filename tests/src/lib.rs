@@ -98,12 +98,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and that no earlier call in this
+/// process handed out.
+///
+/// The kernel may give a just-released port back at once, so two calls in a row
+/// (an LSP port and an HTTP port for one server) could name the same port; the
+/// second service would then fail with "address already in use".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`, or panics after `timeout`.
@@ -480,4 +493,15 @@ pub fn serve_connections(listener: TcpListener, serve: impl Fn(TcpStream) + Send
             std::thread::spawn(move || serve(stream));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut ports: Vec<u16> = (0..500).map(|_| super::free_port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 500);
+    }
 }
