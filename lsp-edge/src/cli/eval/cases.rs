@@ -207,15 +207,20 @@ pub fn make_cases(
             continue;
         }
         let language = Language::from_path(&file.path);
-        let (suffix, expected_block) = match shape {
-            HoleShape::Lines(lines) => (below_hole(&text[end..], lines), None),
+        let line_start = text[..cursor].rfind('\n').map_or(0, |at| at + 1);
+        let (cursor, suffix, expected_block) = match shape {
+            HoleShape::Lines(lines) => (cursor, below_hole(&text[end..], lines), None),
+            HoleShape::WholeLine => {
+                let next_line = text[end..].find('\n').map_or(text.len(), |at| end + at + 1);
+                (line_start, &text[next_line..], None)
+            }
             HoleShape::Block(max_lines) => {
                 let block_end = block_end(text, end, max_lines);
                 let lines: Vec<&str> = text[cursor..block_end]
                     .split('\n')
                     .map(str::trim_end)
                     .collect();
-                (&text[block_end..], Some(lines.join("\n")))
+                (cursor, &text[block_end..], Some(lines.join("\n")))
             }
         };
         cases.push(Case {
@@ -239,6 +244,9 @@ pub enum HoleShape {
     Lines(usize),
     /// Its line and the rest of its block, at most `n` lines (`--block-holes`).
     Block(usize),
+    /// Its whole line, indentation and line break too, the cursor at column 0
+    /// (`--whole-line`).
+    WholeLine,
 }
 
 /// Where a block hole ends, given `end`, the end of its first line's code: after the
@@ -352,6 +360,7 @@ mod tests {
         let c = draw(8, HoleShape::Lines(1));
         let wide = draw(7, HoleShape::Lines(3));
         let blocks = draw(7, HoleShape::Block(12));
+        let whole = draw(7, HoleShape::WholeLine);
         std::fs::remove_dir_all(&dir).unwrap();
         let key = |cases: &[Case]| cases.iter().map(|c| c.line).collect::<Vec<_>>();
         assert_eq!(a.len(), 5);
@@ -363,6 +372,18 @@ mod tests {
             assert_eq!((&wide.prompt, &wide.expected), (&one.prompt, &one.expected));
             assert_eq!(wide.suffix, below_hole(&one.suffix, 3));
             assert_eq!(one.expected_block, None);
+        }
+        // Whole lines: the same holes, the cursor at column 0, the line's indentation
+        // and line break out with its code.
+        assert_eq!(key(&whole), key(&a));
+        for (whole, one) in whole.iter().zip(&a) {
+            let indentation = one.prompt.rsplit('\n').next().unwrap();
+            assert!(whole.prompt.is_empty() || whole.prompt.ends_with('\n'));
+            assert_eq!(whole.expected, format!("{indentation}{}", one.expected));
+            assert_eq!(
+                format!("{}{}\n{}", whole.prompt, whole.expected, whole.suffix),
+                body
+            );
         }
         // Block holes: the same holes, and the text they take out is the document's.
         assert_eq!(key(&blocks), key(&a));

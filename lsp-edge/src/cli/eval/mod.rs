@@ -108,6 +108,12 @@ pub struct EvalArgs {
     /// right, and whether it stopped where the block ends.
     #[arg(long, conflicts_with = "hole_lines")]
     pub block_holes: bool,
+    /// Take each hole's whole line out, indentation and line break too, and put the
+    /// cursor at column 0 between the lines around it, as issue 11's held-out set
+    /// does (the text before the hole and the text after it); the answer's first line
+    /// is scored with its indentation.
+    #[arg(long, conflicts_with_all = ["hole_lines", "block_holes", "after_enter"])]
+    pub whole_line: bool,
     /// Leave out the engine with the main configuration (compare variants only).
     #[arg(long)]
     pub no_engine: bool,
@@ -287,6 +293,8 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
     let max_lines = config.completion.max_lines;
     let shape = if args.block_holes {
         HoleShape::Block(max_lines)
+    } else if args.whole_line {
+        HoleShape::WholeLine
     } else {
         HoleShape::Lines(usize::from(args.hole_lines))
     };
@@ -368,6 +376,7 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
         count: cases.len(),
         hole_lines: args.hole_lines,
         block_max_lines: args.block_holes.then_some(max_lines),
+        whole_line: args.whole_line,
         sources: args
             .sources
             .iter()

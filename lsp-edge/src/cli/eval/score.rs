@@ -158,6 +158,9 @@ pub struct Report {
     /// With `--block-holes`, the most lines a hole takes out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_max_lines: Option<usize>,
+    /// With `--whole-line`, holes are whole lines and the cursor is at column 0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub whole_line: bool,
     pub sources: Vec<String>,
     pub model: Option<String>,
     pub scores: Vec<Score>,
@@ -262,6 +265,7 @@ fn block_score(outcomes: &[(&Case, &Outcome)]) -> Option<BlockScore> {
 pub fn render_table(report: &Report) -> String {
     let holes = match (report.block_max_lines, report.hole_lines) {
         (Some(max), _) => format!(", holes to the end of their block, at most {max} lines"),
+        (None, 1) if report.whole_line => ", whole lines, the cursor at column 0".to_owned(),
         (None, 1) => String::new(),
         (None, n) => format!(", holes of {n} lines"),
     };
@@ -429,6 +433,7 @@ mod tests {
             count: 2,
             hole_lines: 1,
             block_max_lines: None,
+            whole_line: false,
             sources: Vec::new(),
             model: None,
             scores: vec![score],
@@ -448,6 +453,15 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("whole answers"), "{table}");
+        let table = render_table(&Report {
+            hole_lines: 1,
+            whole_line: true,
+            ..wide.clone()
+        });
+        assert!(
+            table.starts_with("2 cases (seed 1, whole lines, the cursor at column 0)"),
+            "{table}"
+        );
 
         // Block holes: one answer stops a line short, the other case failed.
         let mut results = wide.cases;
