@@ -309,6 +309,12 @@ pub struct CompletionConfig {
     /// instead of writing the line that belongs at the cursor (measured in
     /// docs/benchmarks.md, "Completion quality"). vps-infer backends only.
     pub cap_first_line_indent: bool,
+    /// When nothing but whitespace follows the cursor on its line, a
+    /// fill-in-the-middle prompt's suffix starts at the next line: the line break
+    /// that ends the cursor's line goes to the middle, which then ends as a line does
+    /// (the answer shown is trimmed as before). Off by default (docs/benchmarks.md,
+    /// "Completion quality", twenty-fifth pass).
+    pub suffix_from_next_line: bool,
 }
 
 /// The order of a fill-in-the-middle prompt's parts, as vps-infer lays them out.
@@ -344,6 +350,7 @@ impl Default for CompletionConfig {
             heal_trailing_whitespace: true,
             reject_neighbour_lines: true,
             cap_first_line_indent: true,
+            suffix_from_next_line: false,
         }
     }
 }

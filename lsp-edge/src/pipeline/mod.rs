@@ -267,7 +267,22 @@ fn outgoing(input: &GenerationInput, kind: BackendKind, fim: bool) -> (Inference
         request.reject_first_line = neighbours.unwrap_or_default();
         request.first_line_max_indent = indent.flatten();
     }
+    if input.settings.suffix_from_next_line {
+        if let Some(suffix) = &mut request.suffix {
+            suffix_from_next_line(suffix);
+        }
+    }
     (request, lead)
+}
+
+/// Drops the rest of the cursor's line from `suffix`, its line break included, when
+/// it is only whitespace (see `CompletionConfig::suffix_from_next_line`).
+fn suffix_from_next_line(suffix: &mut String) {
+    if let Some(newline) = suffix.find('\n') {
+        if suffix[..newline].trim().is_empty() {
+            suffix.drain(..=newline);
+        }
+    }
 }
 
 /// A fill-in-the-middle request cut at the cursor's line.
@@ -697,5 +712,31 @@ mod tests {
         assert_eq!(json["first_line_max_indent"], "    ");
         let json = serde_json::to_value(outgoing(&off, BackendKind::VpsInfer, true).0).unwrap();
         assert!(json.get("first_line_max_indent").is_none());
+    }
+
+    #[test]
+    fn the_suffix_may_start_at_the_next_line_when_the_cursors_line_is_done() {
+        let suffix = |prefix: &str, suffix: &str, on: bool| {
+            let mut input = fim_input(prefix, suffix);
+            input.settings.suffix_from_next_line = on;
+            let (request, _) = outgoing(&input, BackendKind::VpsInfer, true);
+            let neighbours = request.reject_first_line.clone();
+            (request.suffix.unwrap(), neighbours)
+        };
+        // Nothing after the cursor: the line break goes to the middle; the lines the
+        // first line must not repeat are those of the document, as before.
+        let (sent, neighbours) = suffix("if x:\n    ", "  \n    y = 2\n", true);
+        assert_eq!(sent, "    y = 2\n");
+        assert_eq!(
+            neighbours,
+            suffix("if x:\n    ", "  \n    y = 2\n", false).1
+        );
+        assert_eq!(
+            suffix("if x:\n    ", "\n    y = 2\n", false).0,
+            "\n    y = 2\n"
+        );
+        // Text after the cursor, or no line break: the suffix as it is.
+        assert_eq!(suffix("print(", ")\ny\n", true).0, ")\ny\n");
+        assert_eq!(suffix("x = ", "  ", true).0, "  ");
     }
 }
