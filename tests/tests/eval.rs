@@ -108,6 +108,37 @@ fn eval_cases_are_the_same_for_a_seed_and_need_no_backend() {
 }
 
 #[test]
+fn whole_line_holes_are_the_same_holes_with_their_indentation() {
+    let list = |args: &[&str]| -> Vec<Value> {
+        let output = eval_command().arg("--list").args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let (plain, whole) = (list(&[]), list(&["--whole-line"]));
+    assert_eq!(plain.len(), whole.len());
+    for (plain, whole) in plain.iter().zip(&whole) {
+        assert_eq!(plain["line"], whole["line"]);
+        let (plain, whole) = (
+            plain["expected"].as_str().unwrap(),
+            whole["expected"].as_str().unwrap(),
+        );
+        // Both holes of this seed are indented lines.
+        assert!(whole.len() > plain.len(), "{whole:?}");
+        assert_eq!(whole.trim_start(), plain, "{whole:?}");
+    }
+    let stderr = refused(eval_command().args(["--list", "--whole-line", "--block-holes"]));
+    assert!(stderr.contains("--whole-line"), "{stderr}");
+}
+
+#[test]
 fn eval_names_a_missing_source() {
     let stderr = refused(Command::new(binary("lsp-edge")).args([
         "eval",
