@@ -267,10 +267,9 @@ fn outgoing(input: &GenerationInput, kind: BackendKind, fim: bool) -> (Inference
         request.reject_first_line = neighbours.unwrap_or_default();
         request.first_line_max_indent = indent.flatten();
     }
-    if input.settings.suffix_from_next_line {
-        if let Some(suffix) = &mut request.suffix {
-            suffix_from_next_line(suffix);
-        }
+    let from_next_line = input.settings.suffix_from_next_line;
+    if let Some(suffix) = request.suffix.as_mut().filter(|_| from_next_line) {
+        suffix_from_next_line(suffix);
     }
     (request, lead)
 }

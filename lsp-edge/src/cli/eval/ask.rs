@@ -10,10 +10,10 @@ use futures::StreamExt as _;
 use super::cases::before_enter;
 use super::score::{edit_similarity, first_line, BlockOutcome, Outcome};
 use super::{Case, EvalArgs};
-use crate::backend::{BackendError, StreamEvent};
+use crate::backend::{BackendError, StreamEvent, TokenStream};
 use crate::config::CompletionConfig;
 use crate::edge::Edge;
-use crate::pipeline::script::{Completer, CompletionRequest, GenerationEvent};
+use crate::pipeline::script::{Completer, CompletionRequest, Generation, GenerationEvent};
 use crate::pipeline::trim::TrimContext;
 use crate::pipeline::{self, GenerationInput, Opened, PipelineError, Prompt};
 
@@ -120,19 +120,8 @@ async fn run_engine(
     let prepared = completer.prepare(request, started).await?;
     let chunks = prepared.chunking().selected;
     let generation = completer.start(prepared).await?;
-    let events = futures::stream::unfold(generation, |mut generation| async move {
-        let event = generation.next().await?.map(|event| match event {
-            GenerationEvent::Token(token) => Event::Text(token),
-            GenerationEvent::Done(done) => Event::Done(Final {
-                prompt_tokens: done.prompt_tokens,
-                cached_tokens: done.cached_tokens,
-                stop_reason: done.stop_reason,
-            }),
-        });
-        Some((event.map_err(anyhow::Error::from), generation))
-    });
     let trim = block_trim(case, &case.prompt, &case.suffix, max_lines);
-    let (raw, done) = read_answer(events, trim.as_ref()).await?;
+    let (raw, done) = read_answer(engine_events(generation), trim.as_ref()).await?;
     let tokens = (done, primed.prompt_tokens);
     Ok(outcome(case, &raw, trim.as_ref(), tokens, started, chunks))
 }
@@ -175,32 +164,16 @@ async fn run_window(
         },
         ..input.clone()
     };
-    let Opened { mut stream, .. } = pipeline::open(&edge.backends, &primer).await?;
-    let mut primed = None;
-    while let Some(event) = stream.next().await.transpose()? {
-        if let StreamEvent::Done(done) = event {
-            primed = Some(done.prompt_tokens);
-        }
-    }
-    let primed = primed.context("vps-infer's stream ended without its final event")?;
+    let Opened { stream, .. } = pipeline::open(&edge.backends, &primer).await?;
+    let (_, primed) = read_answer(backend_events(stream), None).await?;
+    let primed = primed.context("the primer's answer was cut short")?;
     let Opened { stream, .. } = pipeline::open(&edge.backends, &input).await?;
-    let events = futures::stream::unfold(stream, |mut stream| async move {
-        let event = stream.next().await?.map(|event| match event {
-            StreamEvent::Token(token) => Event::Text(token),
-            StreamEvent::Done(done) => Event::Done(Final {
-                prompt_tokens: done.prompt_tokens,
-                cached_tokens: done.cached_tokens,
-                stop_reason: done.stop_reason,
-            }),
-        });
-        Some((event.map_err(anyhow::Error::from), stream))
-    });
-    let (raw, done) = read_answer(events, trim.as_ref()).await?;
+    let (raw, done) = read_answer(backend_events(stream), trim.as_ref()).await?;
     Ok(outcome(
         case,
         &raw,
         trim.as_ref(),
-        (done, primed),
+        (done, primed.prompt_tokens),
         started,
         0,
     ))
@@ -218,6 +191,51 @@ struct Final {
     cached_tokens: u64,
     /// `eos`, `length` or `stop`.
     stop_reason: String,
+}
+
+impl From<GenerationEvent> for Event {
+    fn from(event: GenerationEvent) -> Event {
+        match event {
+            GenerationEvent::Token(token) => Event::Text(token),
+            GenerationEvent::Done(done) => Event::Done(Final {
+                prompt_tokens: done.prompt_tokens,
+                cached_tokens: done.cached_tokens,
+                stop_reason: done.stop_reason,
+            }),
+        }
+    }
+}
+
+impl From<StreamEvent> for Event {
+    fn from(event: StreamEvent) -> Event {
+        match event {
+            StreamEvent::Token(token) => Event::Text(token),
+            StreamEvent::Done(done) => Event::Done(Final {
+                prompt_tokens: done.prompt_tokens,
+                cached_tokens: done.cached_tokens,
+                stop_reason: done.stop_reason,
+            }),
+        }
+    }
+}
+
+/// A completer's generation as [`Event`]s.
+fn engine_events(generation: Generation) -> impl futures::Stream<Item = anyhow::Result<Event>> {
+    futures::stream::unfold(generation, |mut generation| async move {
+        let event = generation.next().await?;
+        Some((
+            event.map(Event::from).map_err(anyhow::Error::from),
+            generation,
+        ))
+    })
+}
+
+/// A backend's stream as [`Event`]s.
+fn backend_events(stream: TokenStream) -> impl futures::Stream<Item = anyhow::Result<Event>> {
+    futures::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next().await?;
+        Some((event.map(Event::from).map_err(anyhow::Error::from), stream))
+    })
 }
 
 /// Reads an answer to its final event, or with a block hole's `trim` until that says

@@ -207,10 +207,10 @@ pub fn make_cases(
             continue;
         }
         let language = Language::from_path(&file.path);
-        let line_start = text[..cursor].rfind('\n').map_or(0, |at| at + 1);
         let (cursor, suffix, expected_block) = match shape {
             HoleShape::Lines(lines) => (cursor, below_hole(&text[end..], lines), None),
             HoleShape::WholeLine => {
+                let line_start = text[..cursor].rfind('\n').map_or(0, |at| at + 1);
                 let next_line = text[end..].find('\n').map_or(text.len(), |at| end + at + 1);
                 (line_start, &text[next_line..], None)
             }
