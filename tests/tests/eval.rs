@@ -23,6 +23,17 @@ fn eval_command() -> Command {
     cmd
 }
 
+/// The cases `eval --list` draws, one JSON object a line; no backend is needed.
+fn listed(args: &[&str]) -> String {
+    let output = eval_command().arg("--list").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Runs the evaluation against a real vps-infer and returns its JSON report.
 fn run_eval(args: &[&str]) -> Value {
     let infer = VpsInfer::start(&[("qwen2.5-coder-0.5b", &model_path("qwen2.5-coder-0.5b"))]);
@@ -93,31 +104,15 @@ fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
 
 #[test]
 fn eval_cases_are_the_same_for_a_seed_and_need_no_backend() {
-    let list = || {
-        let output = eval_command().arg("--list").output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
-    let first = list();
+    let first = listed(&[]);
     assert_eq!(first.lines().count(), 2, "{first}");
-    assert_eq!(first, list());
+    assert_eq!(first, listed(&[]));
 }
 
 #[test]
 fn whole_line_holes_are_the_same_holes_with_their_indentation() {
     let list = |args: &[&str]| -> Vec<Value> {
-        let output = eval_command().arg("--list").args(args).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
+        listed(args)
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()

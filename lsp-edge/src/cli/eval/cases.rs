@@ -210,9 +210,8 @@ pub fn make_cases(
         let (cursor, suffix, expected_block) = match shape {
             HoleShape::Lines(lines) => (cursor, below_hole(&text[end..], lines), None),
             HoleShape::WholeLine => {
-                let line_start = text[..cursor].rfind('\n').map_or(0, |at| at + 1);
                 let next_line = text[end..].find('\n').map_or(text.len(), |at| end + at + 1);
-                (line_start, &text[next_line..], None)
+                (line_start(text, cursor), &text[next_line..], None)
             }
             HoleShape::Block(max_lines) => {
                 let block_end = block_end(text, end, max_lines);
@@ -249,6 +248,11 @@ pub enum HoleShape {
     WholeLine,
 }
 
+/// Where the line that holds byte `at` of `text` starts.
+fn line_start(text: &str, at: usize) -> usize {
+    text[..at].rfind('\n').map_or(0, |newline| newline + 1)
+}
+
 /// Where a block hole ends, given `end`, the end of its first line's code: after the
 /// last line of code among those below it that belong to its block (blank, or
 /// indented at least as deep as its first line), at most `max_lines` lines in all.
@@ -256,8 +260,7 @@ pub enum HoleShape {
 /// hole starts: after deeper lines, a line at column 0 that does not continue the item
 /// ends it. Blank lines after the block's last code stay in the suffix.
 fn block_end(text: &str, end: usize, max_lines: usize) -> usize {
-    let line_start = text[..end].rfind('\n').map_or(0, |at| at + 1);
-    let depth = indent_width(&text[line_start..end]);
+    let depth = indent_width(&text[line_start(text, end)..end]);
     let Some(newline) = text[end..].find('\n') else {
         return end;
     };
