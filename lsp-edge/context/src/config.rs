@@ -33,6 +33,11 @@ pub struct EngineConfig {
     /// less to the model than the prefix).
     pub suffix_max_lines: usize,
     pub suffix_max_chars: usize,
+    /// A window that reaches its end of the document before its limits lends what
+    /// it did not use to the other: near the top of a file the suffix reads further
+    /// (the names an import block's lines bring in are used below it), near the end
+    /// the prefix does.
+    pub lend_unused_window: bool,
     /// Documents shorter than this are sent whole: a file of a few kilobytes costs
     /// about what a chunked prompt does, and every line of it is in view
     /// (docs/benchmarks.md, "Completion quality", fourth pass).
@@ -116,6 +121,7 @@ impl Default for EngineConfig {
             prefix_max_chars: 3_500,
             suffix_max_lines: 40,
             suffix_max_chars: 1_200,
+            lend_unused_window: false,
             min_chars_to_chunk: 5_000,
             min_saving: 0.10,
             fallback_block_chars: 1_000,

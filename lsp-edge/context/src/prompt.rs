@@ -80,7 +80,10 @@ pub struct Context {
 /// The prefix is the cursor line up to the cursor plus whole lines before it, up to
 /// `prefix_max_lines` lines and `prefix_max_chars` characters; the cursor line does
 /// not count against the limits. The suffix is the rest of the cursor line plus whole
-/// lines after it within its own limits.
+/// lines after it within its own limits. With `lend_unused_window`, a window that
+/// reaches its end of the document before its limits lends what it did not use to the
+/// other (near the top of a file the suffix reads further, near the end the prefix),
+/// so the prompt is as large in the middle of a file as at its edges.
 ///
 /// Both are laid out so that the prompt's text stays put while the user types, which
 /// keeps the backend's KV cache valid:
@@ -90,24 +93,96 @@ pub struct Context {
 ///   where the grid cannot meet the character limit does it start at the first line
 ///   that fits.
 /// - The suffix is counted from the cursor, so an Enter, which moves the cursor down
-///   together with the text after it, leaves it unchanged.
+///   together with the text after it, leaves it unchanged (a suffix lent to by the
+///   prefix loses a line at its far end now and then, which costs only that line).
 pub(crate) fn windows(
     text: &str,
     lines: &LineIndex,
     cursor: usize,
     config: &EngineConfig,
 ) -> (Range<usize>, Range<usize>) {
-    let chars = |range: Range<usize>| text[range].chars().count();
-    let cursor_line = lines.line_of(cursor);
-    let line_start = lines.line_start(cursor_line);
+    let window = Window {
+        text,
+        lines,
+        cursor,
+        cursor_line: lines.line_of(cursor),
+    };
+    let prefix_limits = Limits {
+        lines: config.prefix_max_lines,
+        chars: config.prefix_max_chars,
+    };
+    let suffix_limits = Limits {
+        lines: config.suffix_max_lines,
+        chars: config.suffix_max_chars,
+    };
+    let (prefix_start, prefix_spare) = window.prefix(prefix_limits, config.window_step_lines);
+    let (suffix_end, suffix_spare) = window.suffix(suffix_limits);
+    if !config.lend_unused_window {
+        return (prefix_start..cursor, cursor..suffix_end);
+    }
+    match (prefix_spare, suffix_spare) {
+        (Some(spare), None) => {
+            let (suffix_end, _) = window.suffix(suffix_limits.plus(spare));
+            (prefix_start..cursor, cursor..suffix_end)
+        }
+        (None, Some(spare)) => {
+            let (prefix_start, _) =
+                window.prefix(prefix_limits.plus(spare), config.window_step_lines);
+            (prefix_start..cursor, cursor..suffix_end)
+        }
+        // Both reach the document's ends, or neither does: nothing to lend.
+        _ => (prefix_start..cursor, cursor..suffix_end),
+    }
+}
 
-    let prefix_start = if chars(line_start..cursor) > config.prefix_max_chars {
-        nth_char_back(text, cursor, config.prefix_max_chars)
-    } else {
-        let fits =
-            |line: usize| chars(lines.line_start(line)..line_start) <= config.prefix_max_chars;
-        let step = config.window_step_lines.max(1);
-        let earliest = cursor_line.saturating_sub(config.prefix_max_lines);
+/// A window's limits, or what a window left of them.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    lines: usize,
+    chars: usize,
+}
+
+impl Limits {
+    fn plus(self, other: Limits) -> Limits {
+        Limits {
+            lines: self.lines + other.lines,
+            chars: self.chars + other.chars,
+        }
+    }
+}
+
+/// The text around a cursor, for laying out the windows.
+struct Window<'a> {
+    text: &'a str,
+    lines: &'a LineIndex,
+    cursor: usize,
+    cursor_line: usize,
+}
+
+impl Window<'_> {
+    fn chars(&self, range: Range<usize>) -> usize {
+        self.text[range].chars().count()
+    }
+
+    /// Where the prefix starts, and what it left of `limits` when it reaches the
+    /// start of the document (None when the limits stopped it).
+    fn prefix(&self, limits: Limits, step: usize) -> (usize, Option<Limits>) {
+        let (text, lines, cursor, cursor_line) =
+            (self.text, self.lines, self.cursor, self.cursor_line);
+        let line_start = lines.line_start(cursor_line);
+        if self.chars(line_start..cursor) > limits.chars {
+            return (nth_char_back(text, cursor, limits.chars), None);
+        }
+        let fits = |line: usize| self.chars(lines.line_start(line)..line_start) <= limits.chars;
+        if cursor_line <= limits.lines && fits(0) {
+            let spare = Limits {
+                lines: limits.lines - cursor_line,
+                chars: limits.chars - self.chars(0..line_start),
+            };
+            return (0, Some(spare));
+        }
+        let step = step.max(1);
+        let earliest = cursor_line.saturating_sub(limits.lines);
         let mut line = earliest.div_ceil(step) * step;
         while line < cursor_line && !fits(line) {
             line += step;
@@ -119,27 +194,37 @@ pub(crate) fn windows(
                 line += 1;
             }
         }
-        lines.line_start(line.min(cursor_line))
-    };
+        (lines.line_start(line.min(cursor_line)), None)
+    }
 
-    let line_end = lines.line_end(cursor_line);
-    let tail = chars(cursor..line_end);
-    let suffix_end = if tail > config.suffix_max_chars {
-        nth_char_forward(text, cursor, config.suffix_max_chars)
-    } else {
+    /// Where the suffix ends, and what it left of `limits` when it reaches the end
+    /// of the document (None when the limits stopped it).
+    fn suffix(&self, limits: Limits) -> (usize, Option<Limits>) {
+        let (text, lines, cursor, cursor_line) =
+            (self.text, self.lines, self.cursor, self.cursor_line);
+        let tail = self.chars(cursor..lines.line_end(cursor_line));
+        if tail > limits.chars {
+            return (nth_char_forward(text, cursor, limits.chars), None);
+        }
         let mut used = tail;
         let mut line = cursor_line + 1;
-        while line < lines.len() && line - cursor_line <= config.suffix_max_lines {
-            let size = chars(lines.line_start(line)..lines.line_end(line));
-            if used + size > config.suffix_max_chars {
-                break;
+        while line < lines.len() && line - cursor_line <= limits.lines {
+            let size = self.chars(lines.line_start(line)..lines.line_end(line));
+            if used + size > limits.chars {
+                return (lines.line_start(line), None);
             }
             used += size;
             line += 1;
         }
-        lines.line_start(line)
-    };
-    (prefix_start..cursor, cursor..suffix_end)
+        if line < lines.len() {
+            return (lines.line_start(line), None);
+        }
+        let spare = Limits {
+            lines: (limits.lines + cursor_line + 1).saturating_sub(line),
+            chars: limits.chars - used,
+        };
+        (text.len(), Some(spare))
+    }
 }
 
 fn nth_char_back(text: &str, from: usize, n: usize) -> usize {
@@ -308,6 +393,52 @@ mod tests {
         let cursor = lines.line_start(25);
         let (prefix, _) = windows(&text, &lines, cursor, &config);
         assert_eq!(&text[prefix], "line 23 long\nline 24 long\n");
+    }
+
+    #[test]
+    fn a_window_at_the_documents_end_lends_what_it_does_not_use() {
+        let text: String = (0..40).map(|i| format!("line {i:02}\n")).collect();
+        let lines = LineIndex::new(&text);
+        let config = EngineConfig {
+            prefix_max_lines: 10,
+            prefix_max_chars: 1_000,
+            suffix_max_lines: 4,
+            suffix_max_chars: 1_000,
+            window_step_lines: 1,
+            lend_unused_window: true,
+            ..EngineConfig::default()
+        };
+        let around = |cursor_line: usize, config: &EngineConfig| {
+            let cursor = lines.line_start(cursor_line);
+            let (prefix, suffix) = windows(&text, &lines, cursor, config);
+            (lines.line_of(prefix.start), lines.line_of(suffix.end))
+        };
+        // Near the top: the prefix holds the 3 lines above and lends 7 to the suffix,
+        // which reads the cursor line's rest and 4 + 7 lines below it.
+        assert_eq!(around(3, &config), (0, 15));
+        // Near the end: the suffix holds the 3 lines below (the last one empty) and
+        // lends 1 to the prefix.
+        let end = lines.line_of(text.len());
+        assert_eq!(around(37, &config), (37 - 11, end));
+        // In the middle, and without lending, each window keeps its own limits.
+        assert_eq!(around(20, &config), (10, 25));
+        let own = EngineConfig {
+            lend_unused_window: false,
+            ..config.clone()
+        };
+        assert_eq!(around(3, &own), (0, 8));
+        assert_eq!(around(37, &own), (37 - 10, end));
+        // Characters are lent as well as lines.
+        let by_chars = EngineConfig {
+            prefix_max_lines: 100,
+            prefix_max_chars: 4 * 8,
+            suffix_max_lines: 100,
+            suffix_max_chars: 2 * 8,
+            ..config.clone()
+        };
+        // The prefix uses 1 line of its 4 lines' characters and lends the other 3:
+        // the suffix reads 4 lines below the cursor's instead of 1.
+        assert_eq!(around(1, &by_chars), (0, 1 + 1 + 4));
     }
 
     #[test]
