@@ -115,24 +115,18 @@ pub(crate) fn windows(
         lines: config.suffix_max_lines,
         chars: config.suffix_max_chars,
     };
-    let (prefix_start, prefix_spare) = window.prefix(prefix_limits, config.window_step_lines);
-    let (suffix_end, suffix_spare) = window.suffix(suffix_limits);
-    if !config.lend_unused_window {
-        return (prefix_start..cursor, cursor..suffix_end);
-    }
-    match (prefix_spare, suffix_spare) {
-        (Some(spare), None) => {
-            let (suffix_end, _) = window.suffix(suffix_limits.plus(spare));
-            (prefix_start..cursor, cursor..suffix_end)
+    let step = config.window_step_lines;
+    let (mut prefix_start, prefix_spare) = window.prefix(prefix_limits, step);
+    let (mut suffix_end, suffix_spare) = window.suffix(suffix_limits);
+    if config.lend_unused_window {
+        match (prefix_spare, suffix_spare) {
+            (Some(spare), None) => suffix_end = window.suffix(suffix_limits.plus(spare)).0,
+            (None, Some(spare)) => prefix_start = window.prefix(prefix_limits.plus(spare), step).0,
+            // Both reach the document's ends, or neither does: nothing to lend.
+            _ => {}
         }
-        (None, Some(spare)) => {
-            let (prefix_start, _) =
-                window.prefix(prefix_limits.plus(spare), config.window_step_lines);
-            (prefix_start..cursor, cursor..suffix_end)
-        }
-        // Both reach the document's ends, or neither does: nothing to lend.
-        _ => (prefix_start..cursor, cursor..suffix_end),
     }
+    (prefix_start..cursor, cursor..suffix_end)
 }
 
 /// A window's limits, or what a window left of them.
@@ -167,20 +161,17 @@ impl Window<'_> {
     /// Where the prefix starts, and what it left of `limits` when it reaches the
     /// start of the document (None when the limits stopped it).
     fn prefix(&self, limits: Limits, step: usize) -> (usize, Option<Limits>) {
-        let (text, lines, cursor, cursor_line) =
-            (self.text, self.lines, self.cursor, self.cursor_line);
+        let &Window {
+            text,
+            lines,
+            cursor,
+            cursor_line,
+        } = self;
         let line_start = lines.line_start(cursor_line);
         if self.chars(line_start..cursor) > limits.chars {
             return (nth_char_back(text, cursor, limits.chars), None);
         }
         let fits = |line: usize| self.chars(lines.line_start(line)..line_start) <= limits.chars;
-        if cursor_line <= limits.lines && fits(0) {
-            let spare = Limits {
-                lines: limits.lines - cursor_line,
-                chars: limits.chars - self.chars(0..line_start),
-            };
-            return (0, Some(spare));
-        }
         let step = step.max(1);
         let earliest = cursor_line.saturating_sub(limits.lines);
         let mut line = earliest.div_ceil(step) * step;
@@ -194,14 +185,25 @@ impl Window<'_> {
                 line += 1;
             }
         }
-        (lines.line_start(line.min(cursor_line)), None)
+        let start = lines.line_start(line.min(cursor_line));
+        // Line 0 is reached only within the limits (it is at most `limits.lines` up and
+        // fits), so what is left of them is the spare.
+        let spare = (start == 0).then(|| Limits {
+            lines: limits.lines.saturating_sub(cursor_line),
+            chars: limits.chars.saturating_sub(self.chars(0..line_start)),
+        });
+        (start, spare)
     }
 
     /// Where the suffix ends, and what it left of `limits` when it reaches the end
     /// of the document (None when the limits stopped it).
     fn suffix(&self, limits: Limits) -> (usize, Option<Limits>) {
-        let (text, lines, cursor, cursor_line) =
-            (self.text, self.lines, self.cursor, self.cursor_line);
+        let &Window {
+            text,
+            lines,
+            cursor,
+            cursor_line,
+        } = self;
         let tail = self.chars(cursor..lines.line_end(cursor_line));
         if tail > limits.chars {
             return (nth_char_forward(text, cursor, limits.chars), None);
