@@ -292,6 +292,27 @@ async fn the_first_line_goes_no_deeper_than_asked() {
 }
 
 #[tokio::test]
+async fn a_first_line_asked_to_have_text_has_some() {
+    let server = VpsInfer::start_smol();
+    // After these lines SmolLM2 starts with a blank line.
+    let answer = |not_blank: bool| {
+        let body = json!({"prompt": "x = 1\ny = 2\n", "max_tokens": 12, "temperature": 0,
+                          "first_line_not_blank": not_blank});
+        let server = &server;
+        async move {
+            let (status, answer) = post(server, "/v1/inference", body).await;
+            assert_eq!(status, 200, "{answer}");
+            answer["text"].as_str().unwrap().to_owned()
+        }
+    };
+    let plain = answer(false).await;
+    assert!(plain.starts_with('\n'), "{plain:?}");
+    let with_text = answer(true).await;
+    let first_line = with_text.split('\n').next().unwrap();
+    assert!(!first_line.trim().is_empty(), "{with_text:?}");
+}
+
+#[tokio::test]
 async fn a_dropped_stream_stops_decoding() {
     let server = VpsInfer::start_smol();
     let max_tokens = 2000;

@@ -401,6 +401,7 @@ fn request(model: &str, prompt: &str, suffix: Option<&str>, max_tokens: u32) -> 
             seed: 0,
             reject_first_line: Vec::new(),
             first_line_max_indent: None,
+            first_line_not_blank: false,
         },
     }
 }

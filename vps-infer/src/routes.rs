@@ -229,6 +229,12 @@ pub struct InferenceBody {
     /// does not. Editors send the cursor's indentation when it stands after one
     /// (`""`: none), where small models go on inside a deeper block.
     pub first_line_max_indent: Option<String>,
+    /// The answer's first line has text: a line break, or the end of the answer,
+    /// before any is passed over for the likeliest token that is not one. Editors
+    /// ask for it when the cursor's line is empty, where a model may end the line at
+    /// once and the answer shows nothing.
+    #[serde(default)]
+    pub first_line_not_blank: bool,
 }
 
 /// The longest `first_line_max_indent`.
@@ -323,6 +329,7 @@ impl InferenceBody {
                 seed: self.seed.unwrap_or(0x5eed),
                 reject_first_line: self.reject_first_line,
                 first_line_max_indent: self.first_line_max_indent,
+                first_line_not_blank: self.first_line_not_blank,
             },
         };
         Ok((request, self.stream))

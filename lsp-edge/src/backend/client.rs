@@ -57,6 +57,9 @@ pub struct InferenceRequest {
     /// The deepest indentation the answer's first line may have (vps-infer only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_line_max_indent: Option<String>,
+    /// The answer's first line has text (vps-infer only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub first_line_not_blank: bool,
 }
 
 /// The final event's statistics.

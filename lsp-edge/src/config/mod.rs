@@ -309,6 +309,13 @@ pub struct CompletionConfig {
     /// instead of writing the line that belongs at the cursor (measured in
     /// docs/benchmarks.md, "Completion quality"). vps-infer backends only.
     pub cap_first_line_indent: bool,
+    /// When the cursor's line is empty (nothing but spaces and tabs on it), a
+    /// fill-in-the-middle answer's first line has text: vps-infer passes over a line
+    /// break or the end of the answer before any for the likeliest token that is not
+    /// one (`first_line_not_blank`). A model sometimes ends such a line at once, and
+    /// the editor shows nothing. Off by default (docs/benchmarks.md, "Completion
+    /// quality", twenty-ninth pass). vps-infer backends only.
+    pub first_line_not_blank: bool,
     /// When nothing but whitespace follows the cursor on its line, a
     /// fill-in-the-middle prompt's suffix starts at the next line: the line break
     /// that ends the cursor's line goes to the middle, which then ends as a line does
@@ -350,6 +357,7 @@ impl Default for CompletionConfig {
             heal_trailing_whitespace: true,
             reject_neighbour_lines: true,
             cap_first_line_indent: true,
+            first_line_not_blank: false,
             suffix_from_next_line: false,
         }
     }

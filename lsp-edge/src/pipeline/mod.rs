@@ -266,6 +266,7 @@ fn outgoing(input: &GenerationInput, kind: BackendKind, fim: bool) -> (Inference
         );
         request.reject_first_line = neighbours.unwrap_or_default();
         request.first_line_max_indent = indent.flatten();
+        request.first_line_not_blank = settings.first_line_not_blank && cursor.alone();
     }
     let from_next_line = input.settings.suffix_from_next_line;
     if let Some(suffix) = request.suffix.as_mut().filter(|_| from_next_line) {
@@ -317,14 +318,18 @@ impl<'a> AroundCursor<'a> {
         blank(self.before) && blank(self.lead)
     }
 
+    /// Nothing but spaces and tabs on the cursor's line.
+    fn alone(&self) -> bool {
+        self.after_indentation() && self.after.trim().is_empty()
+    }
+
     /// The deepest indentation the answer's first line may have when the cursor
     /// stands after a line's indentation with nothing after it: `lead` (empty when
     /// healing took none, the prompt ending in it). `None` elsewhere, and at the start
     /// of an empty line, where nothing says how deep the line goes.
     fn indent(&self) -> Option<String> {
         let at_column_0 = self.before.is_empty() && self.lead.is_empty();
-        let alone = self.after_indentation() && self.after.trim().is_empty();
-        (alone && !at_column_0).then(|| self.lead.to_owned())
+        (self.alone() && !at_column_0).then(|| self.lead.to_owned())
     }
 
     /// The lines next to the cursor's, as the answer's first line would spell them
@@ -711,6 +716,28 @@ mod tests {
         assert_eq!(json["first_line_max_indent"], "    ");
         let json = serde_json::to_value(outgoing(&off, BackendKind::VpsInfer, true).0).unwrap();
         assert!(json.get("first_line_max_indent").is_none());
+    }
+
+    #[test]
+    fn a_first_line_with_text_is_asked_for_only_on_an_empty_line() {
+        let not_blank = |prefix: &str, suffix: &str, kind, on: bool| {
+            let mut input = fim_input(prefix, suffix);
+            input.settings.first_line_not_blank = on;
+            outgoing(&input, kind, true).0.first_line_not_blank
+        };
+        assert!(not_blank("if x:\n    ", "\ny = 2\n", BackendKind::VpsInfer, true));
+        assert!(not_blank("x = 1\n", "  \ny = 2\n", BackendKind::VpsInfer, true));
+        assert!(!not_blank("if x:\n    ", "\ny = 2\n", BackendKind::VpsInfer, false));
+        assert!(!not_blank("if x:\n    ", "\ny = 2\n", BackendKind::LlamaServer, true));
+        assert!(!not_blank("if x:\n    ret", "\ny = 2\n", BackendKind::VpsInfer, true));
+        assert!(!not_blank("if x:\n    ", "y = 2\n", BackendKind::VpsInfer, true));
+
+        let mut input = fim_input("if x:\n    ", "\ny = 2\n");
+        let json = serde_json::to_value(outgoing(&input, BackendKind::VpsInfer, true).0).unwrap();
+        assert!(json.get("first_line_not_blank").is_none());
+        input.settings.first_line_not_blank = true;
+        let json = serde_json::to_value(outgoing(&input, BackendKind::VpsInfer, true).0).unwrap();
+        assert_eq!(json["first_line_not_blank"], true);
     }
 
     #[test]

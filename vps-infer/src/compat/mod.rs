@@ -141,6 +141,7 @@ impl Translate {
                 seed: seed(self.seed),
                 reject_first_line: Vec::new(),
                 first_line_max_indent: None,
+                first_line_not_blank: false,
             },
         })
     }

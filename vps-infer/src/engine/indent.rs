@@ -1,13 +1,16 @@
-//! Keeps an answer's first line from going deeper than the cursor's indentation.
+//! Keeps an answer's first line from going deeper than the cursor's indentation and,
+//! when asked, from being blank.
+//!
 //! When the cursor stands after a line's indentation, small models often go on
 //! inside a deeper block instead of writing the line that belongs there (about one
 //! hole in thirty, docs/benchmarks.md, "Completion quality"); the editor would show
-//! the extra indentation as ghost text.
+//! the extra indentation as ghost text. On an empty line they sometimes end the line
+//! at once (about one hole in fifty), and the editor shows nothing.
 //!
-//! Unlike a copied line ([`super::first_line`]), a deeper indentation shows in the
-//! token that makes it, so nothing is held: a token that would go deeper is passed
-//! over for the likeliest one that does not. A shallower line, a blank one or an
-//! empty answer are left alone: forced to the cursor's depth, a model that thinks
+//! Unlike a copied line ([`super::first_line`]), both show in the token that makes
+//! them, so nothing is held: a token that would go deeper, or end the line or the
+//! answer before any text, is passed over for the likeliest one that does not. A
+//! shallower line is left alone: forced to the cursor's depth, a model that thinks
 //! the block has ended writes junk (`0`, `1000000…`).
 
 /// Whether a text can still start the first line the client asked for.
@@ -15,33 +18,39 @@
 pub enum Fit {
     /// Whitespace so far, no deeper than the indentation: it may still go either way.
     Open,
-    /// Text, a line break or the end came before the indentation went deeper: it does.
+    /// Text came before the indentation went deeper (or, when blank lines fit, a line
+    /// break or the end did): it does.
     Yes,
     /// It went deeper (or used a space where the indentation has a tab, or the
-    /// other way round).
+    /// other way round), or it is blank where that does not fit.
     No,
 }
 
 pub struct Indent {
-    want: Vec<u8>,
+    /// The deepest indentation that fits (`None`: any).
+    deepest: Option<Vec<u8>>,
+    /// A line break or the end of the answer before any text does not fit.
+    not_blank: bool,
     /// The text generated so far, up to the token that decided.
     text: Vec<u8>,
-    /// The indentation is decided: fitting or not, it constrains nothing more.
+    /// The first line is decided: fitting or not, it constrains nothing more.
     decided: bool,
 }
 
 impl Indent {
-    /// The answer's first line may be indented with `want` (spaces and tabs; empty:
-    /// not at all) or a part of it, no more.
-    pub fn new(want: &str) -> Indent {
-        Indent {
-            want: want.as_bytes().to_vec(),
+    /// The answer's first line may be indented with `deepest` (spaces and tabs;
+    /// empty: not at all) or a part of it, no more (`None`: as deep as it likes);
+    /// with `not_blank` it has text. `None` when that asks for nothing.
+    pub fn new(deepest: Option<&str>, not_blank: bool) -> Option<Indent> {
+        (deepest.is_some() || not_blank).then(|| Indent {
+            deepest: deepest.map(|want| want.as_bytes().to_vec()),
+            not_blank,
             text: Vec::new(),
             decided: false,
-        }
+        })
     }
 
-    /// The indentation is still open: tokens are checked with [`Indent::fit`].
+    /// The first line is still open: tokens are checked with [`Indent::fit`].
     pub fn is_open(&self) -> bool {
         !self.decided
     }
@@ -49,15 +58,21 @@ impl Indent {
     /// Where the text would stand with `piece` after it (a piece with no bytes ends
     /// the answer).
     pub fn fit(&self, piece: &[u8]) -> Fit {
-        if self.decided || piece.is_empty() {
+        if self.decided {
             return Fit::Yes;
         }
+        if piece.is_empty() {
+            return if self.not_blank { Fit::No } else { Fit::Yes };
+        }
         for (at, &b) in self.text.iter().chain(piece).enumerate() {
-            if b != b' ' && b != b'\t' {
-                return Fit::Yes;
-            }
-            if self.want.get(at) != Some(&b) {
-                return Fit::No;
+            match b {
+                b' ' | b'\t' => {
+                    if self.deepest.as_ref().is_some_and(|want| want.get(at) != Some(&b)) {
+                        return Fit::No;
+                    }
+                }
+                b'\n' | b'\r' if self.not_blank => return Fit::No,
+                _ => return Fit::Yes,
             }
         }
         Fit::Open
@@ -84,8 +99,12 @@ impl Indent {
 mod tests {
     use super::*;
 
+    fn at_most(want: &str) -> Indent {
+        Indent::new(Some(want), false).unwrap()
+    }
+
     fn after(want: &str, pieces: &[&str]) -> Indent {
-        let mut indent = Indent::new(want);
+        let mut indent = at_most(want);
         for piece in pieces {
             indent.push(piece.as_bytes());
             assert!(indent.is_open(), "{piece:?} decided early");
@@ -114,7 +133,7 @@ mod tests {
         assert_eq!(indent.fit(b"\treturn"), Fit::No);
         assert_eq!(after("    ", &["    "]).fit(b" "), Fit::No);
         assert_eq!(after("    ", &["  "]).fit(b"   x"), Fit::No);
-        assert_eq!(Indent::new("").fit(b" }"), Fit::No);
+        assert_eq!(at_most("").fit(b" }"), Fit::No);
     }
 
     #[test]
@@ -142,5 +161,31 @@ mod tests {
         assert_eq!(indent.fit(b"   "), Fit::No);
         indent.restart(b"    z");
         assert!(!indent.is_open());
+    }
+
+    #[test]
+    fn a_first_line_that_must_have_text_may_not_end_before_it() {
+        let mut indent = Indent::new(None, true).unwrap();
+        assert_eq!(indent.fit(b"\n"), Fit::No);
+        assert_eq!(indent.fit(b"  \r\n"), Fit::No);
+        assert_eq!(indent.fit(b""), Fit::No);
+        assert_eq!(indent.fit(b"            deep"), Fit::Yes);
+        indent.push(b"  ");
+        assert_eq!(indent.fit(b"\n"), Fit::No);
+        assert_eq!(indent.fit(b"x\n"), Fit::Yes);
+        indent.push(b"x\n");
+        assert!(!indent.is_open());
+        assert_eq!(indent.fit(b"\n"), Fit::Yes);
+        assert_eq!(indent.fit(b""), Fit::Yes);
+
+        let both = Indent::new(Some("    "), true).unwrap();
+        assert_eq!(both.fit(b"\n"), Fit::No);
+        assert_eq!(both.fit(b"      x"), Fit::No);
+        assert_eq!(both.fit(b"  x"), Fit::Yes);
+    }
+
+    #[test]
+    fn nothing_asked_is_no_indent() {
+        assert!(Indent::new(None, false).is_none());
     }
 }

@@ -49,6 +49,9 @@ pub struct Sampling {
     /// The deepest indentation the answer's first line may have (`indent`): the
     /// cursor's, when it stands after one.
     pub first_line_max_indent: Option<String>,
+    /// The answer's first line has text: a line break or the end before any is
+    /// passed over (`indent`). Editors ask for it when the cursor's line is empty.
+    pub first_line_not_blank: bool,
 }
 
 /// One generation request, validated.

@@ -633,7 +633,10 @@ impl<'m> Session<'m> {
         };
         let stops = StopMatcher::new(&sampling.stop);
         let guard = FirstLineGuard::new(&sampling.reject_first_line);
-        let indent = sampling.first_line_max_indent.as_deref().map(Indent::new);
+        let indent = Indent::new(
+            sampling.first_line_max_indent.as_deref(),
+            sampling.first_line_not_blank,
+        );
         let priority = job.request.priority;
         Stats::add(&shared.stats.by_priority[priority.index()].started, 1);
         self.slots[i].active = Some(Active {
@@ -817,7 +820,7 @@ impl<'m> Session<'m> {
                     tracing::debug!(
                         passed_over = ?String::from_utf8_lossy(&piece),
                         taken = ?String::from_utf8_lossy(&other_piece),
-                        "kept the first line from going deeper"
+                        "kept the first line from going deeper or blank"
                     );
                     (token, end, piece) = (other, false, other_piece);
                 }
