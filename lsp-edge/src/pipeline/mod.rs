@@ -720,24 +720,29 @@ mod tests {
 
     #[test]
     fn a_first_line_with_text_is_asked_for_only_on_an_empty_line() {
-        let not_blank = |prefix: &str, suffix: &str, kind, on: bool| {
-            let mut input = fim_input(prefix, suffix);
+        let empty_line = fim_input("if x:\n    ", "\ny = 2\n");
+        let asked = |input: &GenerationInput, kind, on: bool| {
+            let mut input = input.clone();
             input.settings.first_line_not_blank = on;
             outgoing(&input, kind, true).0.first_line_not_blank
         };
-        assert!(not_blank("if x:\n    ", "\ny = 2\n", BackendKind::VpsInfer, true));
-        assert!(not_blank("x = 1\n", "  \ny = 2\n", BackendKind::VpsInfer, true));
-        assert!(!not_blank("if x:\n    ", "\ny = 2\n", BackendKind::VpsInfer, false));
-        assert!(!not_blank("if x:\n    ", "\ny = 2\n", BackendKind::LlamaServer, true));
-        assert!(!not_blank("if x:\n    ret", "\ny = 2\n", BackendKind::VpsInfer, true));
-        assert!(!not_blank("if x:\n    ", "y = 2\n", BackendKind::VpsInfer, true));
+        assert!(asked(&empty_line, BackendKind::VpsInfer, true));
+        assert!(!asked(&empty_line, BackendKind::VpsInfer, false));
+        assert!(!asked(&empty_line, BackendKind::LlamaServer, true));
+        let at_column_0 = fim_input("x = 1\n", "  \ny = 2\n");
+        assert!(asked(&at_column_0, BackendKind::VpsInfer, true));
+        let inside_text = fim_input("if x:\n    ret", "\ny = 2\n");
+        assert!(!asked(&inside_text, BackendKind::VpsInfer, true));
+        let before_text = fim_input("if x:\n    ", "y = 2\n");
+        assert!(!asked(&before_text, BackendKind::VpsInfer, true));
 
-        let mut input = fim_input("if x:\n    ", "\ny = 2\n");
-        let json = serde_json::to_value(outgoing(&input, BackendKind::VpsInfer, true).0).unwrap();
-        assert!(json.get("first_line_not_blank").is_none());
-        input.settings.first_line_not_blank = true;
-        let json = serde_json::to_value(outgoing(&input, BackendKind::VpsInfer, true).0).unwrap();
-        assert_eq!(json["first_line_not_blank"], true);
+        let json = |input: &GenerationInput| {
+            serde_json::to_value(outgoing(input, BackendKind::VpsInfer, true).0).unwrap()
+        };
+        assert!(json(&empty_line).get("first_line_not_blank").is_none());
+        let mut on = empty_line.clone();
+        on.settings.first_line_not_blank = true;
+        assert_eq!(json(&on)["first_line_not_blank"], true);
     }
 
     #[test]

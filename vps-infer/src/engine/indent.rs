@@ -66,11 +66,10 @@ impl Indent {
         }
         for (at, &b) in self.text.iter().chain(piece).enumerate() {
             match b {
-                b' ' | b'\t' => {
-                    if self.deepest.as_ref().is_some_and(|want| want.get(at) != Some(&b)) {
-                        return Fit::No;
-                    }
-                }
+                b' ' | b'\t' => match &self.deepest {
+                    Some(want) if want.get(at) != Some(&b) => return Fit::No,
+                    _ => {}
+                },
                 b'\n' | b'\r' if self.not_blank => return Fit::No,
                 _ => return Fit::Yes,
             }
