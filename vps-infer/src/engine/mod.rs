@@ -9,7 +9,7 @@
 mod error;
 pub mod first_line;
 pub mod gguf;
-pub mod indent;
+pub mod line_start;
 pub mod prompt;
 pub mod reuse;
 pub mod schedule;

@@ -38,7 +38,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::vocab::LlamaVocab;
 
 use super::first_line::{self, FirstLineGuard, Verdict};
-use super::indent::{Fit, Indent};
+use super::line_start::{Fit, LineStart};
 use super::prompt::{self, FimTokens};
 use super::reuse::{self, Cached, Plan, Run};
 use super::schedule::{self, Candidate, Running};
@@ -330,8 +330,9 @@ struct Active {
     stops: StopMatcher,
     /// Holds the first line back while it may be one the request rejects.
     guard: Option<FirstLineGuard<LlamaToken>>,
-    /// Keeps the first line from going deeper than the request allows.
-    indent: Option<Indent>,
+    /// Keeps the first line from going deeper than the request allows, or from
+    /// being blank when it asks for text.
+    line_start: Option<LineStart>,
     generated: usize,
     first_token_at: Option<Instant>,
     gen_started: Option<Instant>,
@@ -633,7 +634,7 @@ impl<'m> Session<'m> {
         };
         let stops = StopMatcher::new(&sampling.stop);
         let guard = FirstLineGuard::new(&sampling.reject_first_line);
-        let indent = Indent::new(
+        let line_start = LineStart::new(
             sampling.first_line_max_indent.as_deref(),
             sampling.first_line_not_blank,
         );
@@ -651,7 +652,7 @@ impl<'m> Session<'m> {
             utf8: Utf8Stream::default(),
             stops,
             guard,
-            indent,
+            line_start,
             generated: 0,
             first_token_at: None,
             gen_started: None,
@@ -810,12 +811,12 @@ impl<'m> Session<'m> {
         if !end {
             vocab.token_to_piece_into(token, &mut piece, false, None);
         }
-        let indent = active.indent.as_mut().filter(|indent| indent.is_open());
-        if let Some(indent) = &indent {
-            if indent.fit(&piece) == Fit::No {
+        let line_start = active.line_start.as_mut().filter(|start| start.is_open());
+        if let Some(start) = &line_start {
+            if start.fit(&piece) == Fit::No {
                 // Greedy and random picks keep no state that taking another token
                 // after the sampler chose would upset.
-                let fits = |piece: &[u8]| indent.fit(piece) != Fit::No;
+                let fits = |piece: &[u8]| start.fit(piece) != Fit::No;
                 if let Some((other, other_piece)) = likeliest_fitting(&self.ctx, &vocab, at, fits) {
                     tracing::debug!(
                         passed_over = ?String::from_utf8_lossy(&piece),
@@ -828,14 +829,14 @@ impl<'m> Session<'m> {
         }
         let ranked = active.guard.is_some().then(|| {
             let (mut candidates, logprob) = likeliest(&self.ctx, &vocab, at, token);
-            if let Some(indent) = &indent {
-                // A way out of a rejected line keeps the indentation too.
-                candidates.retain(|c| indent.fit(&c.piece) != Fit::No);
+            if let Some(start) = &line_start {
+                // A way out of a rejected line starts as asked too.
+                candidates.retain(|c| start.fit(&c.piece) != Fit::No);
             }
             (candidates, logprob)
         });
-        if let Some(indent) = indent {
-            indent.push(&piece);
+        if let Some(start) = line_start {
+            start.push(&piece);
         }
         if let (Some(guard), Some((candidates, logprob))) = (active.guard.as_mut(), ranked) {
             match guard.push(token, &piece, end, &candidates, logprob) {
@@ -867,8 +868,8 @@ impl<'m> Session<'m> {
                     active.generated = keep;
                     token = other;
                     end = false;
-                    if let Some(indent) = active.indent.as_mut() {
-                        indent.restart(&text);
+                    if let Some(start) = active.line_start.as_mut() {
+                        start.restart(&text);
                     }
                     piece = text;
                     // The rejected line's tokens after `keep` leave the cache.

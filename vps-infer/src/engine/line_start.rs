@@ -5,7 +5,7 @@
 //! inside a deeper block instead of writing the line that belongs there (about one
 //! hole in thirty, docs/benchmarks.md, "Completion quality"); the editor would show
 //! the extra indentation as ghost text. On an empty line they sometimes end the line
-//! at once (about one hole in fifty), and the editor shows nothing.
+//! at once (about one hole in sixty), and the editor shows nothing.
 //!
 //! Unlike a copied line ([`super::first_line`]), both show in the token that makes
 //! them, so nothing is held: a token that would go deeper, or end the line or the
@@ -26,7 +26,7 @@ pub enum Fit {
     No,
 }
 
-pub struct Indent {
+pub struct LineStart {
     /// The deepest indentation that fits (`None`: any).
     deepest: Option<Vec<u8>>,
     /// A line break or the end of the answer before any text does not fit.
@@ -37,12 +37,12 @@ pub struct Indent {
     decided: bool,
 }
 
-impl Indent {
+impl LineStart {
     /// The answer's first line may be indented with `deepest` (spaces and tabs;
     /// empty: not at all) or a part of it, no more (`None`: as deep as it likes);
     /// with `not_blank` it has text. `None` when that asks for nothing.
-    pub fn new(deepest: Option<&str>, not_blank: bool) -> Option<Indent> {
-        (deepest.is_some() || not_blank).then(|| Indent {
+    pub fn new(deepest: Option<&str>, not_blank: bool) -> Option<LineStart> {
+        (deepest.is_some() || not_blank).then(|| LineStart {
             deepest: deepest.map(|want| want.as_bytes().to_vec()),
             not_blank,
             text: Vec::new(),
@@ -50,7 +50,7 @@ impl Indent {
         })
     }
 
-    /// The first line is still open: tokens are checked with [`Indent::fit`].
+    /// The first line is still open: tokens are checked with [`LineStart::fit`].
     pub fn is_open(&self) -> bool {
         !self.decided
     }
@@ -98,11 +98,11 @@ impl Indent {
 mod tests {
     use super::*;
 
-    fn at_most(want: &str) -> Indent {
-        Indent::new(Some(want), false).unwrap()
+    fn at_most(want: &str) -> LineStart {
+        LineStart::new(Some(want), false).unwrap()
     }
 
-    fn after(want: &str, pieces: &[&str]) -> Indent {
+    fn after(want: &str, pieces: &[&str]) -> LineStart {
         let mut indent = at_most(want);
         for piece in pieces {
             indent.push(piece.as_bytes());
@@ -164,27 +164,27 @@ mod tests {
 
     #[test]
     fn a_first_line_that_must_have_text_may_not_end_before_it() {
-        let mut indent = Indent::new(None, true).unwrap();
-        assert_eq!(indent.fit(b"\n"), Fit::No);
-        assert_eq!(indent.fit(b"  \r\n"), Fit::No);
-        assert_eq!(indent.fit(b""), Fit::No);
-        assert_eq!(indent.fit(b"            deep"), Fit::Yes);
-        indent.push(b"  ");
-        assert_eq!(indent.fit(b"\n"), Fit::No);
-        assert_eq!(indent.fit(b"x\n"), Fit::Yes);
-        indent.push(b"x\n");
-        assert!(!indent.is_open());
-        assert_eq!(indent.fit(b"\n"), Fit::Yes);
-        assert_eq!(indent.fit(b""), Fit::Yes);
+        let mut start = LineStart::new(None, true).unwrap();
+        assert_eq!(start.fit(b"\n"), Fit::No);
+        assert_eq!(start.fit(b"  \r\n"), Fit::No);
+        assert_eq!(start.fit(b""), Fit::No);
+        assert_eq!(start.fit(b"            deep"), Fit::Yes);
+        start.push(b"  ");
+        assert_eq!(start.fit(b"\n"), Fit::No);
+        assert_eq!(start.fit(b"x\n"), Fit::Yes);
+        start.push(b"x\n");
+        assert!(!start.is_open());
+        assert_eq!(start.fit(b"\n"), Fit::Yes);
+        assert_eq!(start.fit(b""), Fit::Yes);
 
-        let both = Indent::new(Some("    "), true).unwrap();
+        let both = LineStart::new(Some("    "), true).unwrap();
         assert_eq!(both.fit(b"\n"), Fit::No);
         assert_eq!(both.fit(b"      x"), Fit::No);
         assert_eq!(both.fit(b"  x"), Fit::Yes);
     }
 
     #[test]
-    fn nothing_asked_is_no_indent() {
-        assert!(Indent::new(None, false).is_none());
+    fn nothing_asked_is_nothing_to_keep() {
+        assert!(LineStart::new(None, false).is_none());
     }
 }
