@@ -265,6 +265,13 @@ async fn a_rejected_first_line_never_reaches_the_client() {
     assert_eq!(again["text"], plain_text.as_str());
 }
 
+/// The text of a non-streamed `/v1/inference` answer to `body`, which must succeed.
+async fn answer_text(server: &VpsInfer, body: Value) -> String {
+    let (status, answer) = post(server, "/v1/inference", body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["text"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn the_first_line_goes_no_deeper_than_asked() {
     let server = VpsInfer::start_smol();
@@ -274,12 +281,7 @@ async fn the_first_line_goes_no_deeper_than_asked() {
     let answer = |max_indent: Option<&str>| {
         let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0,
                           "first_line_max_indent": max_indent});
-        let server = &server;
-        async move {
-            let (status, answer) = post(server, "/v1/inference", body).await;
-            assert_eq!(status, 200, "{answer}");
-            answer["text"].as_str().unwrap().to_owned()
-        }
+        answer_text(&server, body)
     };
     let plain = answer(None).await;
     assert!(plain.starts_with(" for"), "{plain:?}");
@@ -298,12 +300,7 @@ async fn a_first_line_asked_to_have_text_has_some() {
     let answer = |not_blank: bool| {
         let body = json!({"prompt": "x = 1\ny = 2\n", "max_tokens": 12, "temperature": 0,
                           "first_line_not_blank": not_blank});
-        let server = &server;
-        async move {
-            let (status, answer) = post(server, "/v1/inference", body).await;
-            assert_eq!(status, 200, "{answer}");
-            answer["text"].as_str().unwrap().to_owned()
-        }
+        answer_text(&server, body)
     };
     let plain = answer(false).await;
     assert!(plain.starts_with('\n'), "{plain:?}");
