@@ -300,6 +300,9 @@ struct Session<'m> {
     kv_bytes: u64,
     /// Counts arrivals and ends, to order jobs and find the least recently used slot.
     clock: u64,
+    /// Running jobs whose sequences [`Session::clear_all`] emptied: their context is
+    /// gone, so they fail (`fail_lost`) rather than generate on without it.
+    lost: Vec<Job>,
 }
 
 /// One sequence of the context.
@@ -415,6 +418,7 @@ impl<'m> Session<'m> {
             reuse: config.reuse,
             kv_bytes: kv_per_token * u64::from(n_ctx),
             clock: 0,
+            lost: Vec::new(),
         })
     }
 
@@ -473,6 +477,10 @@ impl<'m> Session<'m> {
                 }
             }
             self.admit(shared, model_name);
+            self.fail_lost(
+                shared,
+                EngineError::Internal("llama.cpp lost this request's cache".into()),
+            );
             self.publish(shared);
             if self.slots.iter().all(|s| s.active.is_none()) {
                 if let Some(leave) = leaving.take() {
@@ -977,6 +985,14 @@ impl<'m> Session<'m> {
                 active.job.fail(shared, error.clone());
             }
         }
+        self.fail_lost(shared, error);
+    }
+
+    /// Fails the jobs whose cache was cleared under them.
+    fn fail_lost(&mut self, shared: &Shared, error: EngineError) {
+        for job in self.lost.drain(..) {
+            job.fail(shared, error.clone());
+        }
     }
 
     /// A decode failed: the cache may hold part of the batch, so all of it is
@@ -986,10 +1002,15 @@ impl<'m> Session<'m> {
         EngineError::Internal(format!("llama.cpp decode failed: {e}"))
     }
 
+    /// Empties every sequence. The jobs running in them lose their context with it,
+    /// so they leave their slots for [`Session::lost`].
     fn clear_all(&mut self) {
         self.ctx.clear_kv_cache();
         for slot in &mut self.slots {
             slot.cached.clear();
+            if let Some(active) = slot.active.take() {
+                self.lost.push(active.job);
+            }
         }
     }
 
