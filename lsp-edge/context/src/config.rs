@@ -58,6 +58,18 @@ pub struct EngineConfig {
     /// the cursor when that adds at most this many characters (0: never), so the
     /// model sees the function it is completing whole.
     pub enclosing_max_chars: usize,
+    /// Most snippets of code like the cursor's sent beside the windows of a
+    /// fill-in-the-middle prompt: the `similar_lines` lines outside the windows
+    /// most like the lines above the cursor, with as many lines after them (none
+    /// by default).
+    pub similar_snippets: usize,
+    /// Lines compared for [`EngineConfig::similar_snippets`].
+    pub similar_lines: usize,
+    /// Least similarity (Jaccard index of the two texts' identifier words) a
+    /// snippet needs.
+    pub similar_min_score: f32,
+    /// Most characters of one snippet.
+    pub similar_max_chars: usize,
     /// Selected chunks go at the head of the prefix, in document order, as the
     /// file's own text, instead of as separate `<|file_sep|>` files.
     pub chunks_in_prefix: bool,
@@ -129,6 +141,10 @@ impl Default for EngineConfig {
             max_error_fraction: 0.5,
             cursor_context_lines: 8,
             enclosing_max_chars: 0,
+            similar_snippets: 0,
+            similar_lines: 5,
+            similar_min_score: 0.3,
+            similar_max_chars: 600,
             chunks_in_prefix: false,
             proximity_weight: 0.0,
             frame_boost: 0.0,
@@ -193,6 +209,12 @@ impl EngineConfig {
             return invalid(
                 "max_error_fraction",
                 format!("{} is not within 0..=1", self.max_error_fraction),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.similar_min_score) {
+            return invalid(
+                "similar_min_score",
+                format!("{} is not within 0..=1", self.similar_min_score),
             );
         }
         Ok(())

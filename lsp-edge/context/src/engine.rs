@@ -11,6 +11,7 @@ use crate::dedup::fingerprint;
 use crate::document::floor_char_boundary;
 use crate::prompt::{instruction_prompt, windows};
 use crate::rank::{identifiers, terms, Bm25};
+use crate::similar::{similar_snippets, SimilarLimits};
 use crate::{
     extract_instruction, ChunkQuery, Context, ContextError, ContextStats, Document, EngineConfig,
     ExtraChunk, FunctionQuery, Language, Mode, ModelWindows,
@@ -320,6 +321,33 @@ impl Request<'_> {
             .collect()
     }
 
+    /// Snippets of code like the cursor's from outside `window`
+    /// ([`EngineConfig::similar_snippets`]), labelled with their lines.
+    fn similar(&self, window: &Range<usize>) -> Vec<ExtraChunk> {
+        let config = self.config();
+        let limits = SimilarLimits {
+            snippets: config.similar_snippets,
+            lines: config.similar_lines,
+            min_score: config.similar_min_score,
+            max_chars: config.similar_max_chars,
+        };
+        similar_snippets(self.text, self.lines, self.cursor, window, limits)
+            .into_iter()
+            .map(|range| {
+                let first = self.lines.line_of(range.start) + 1;
+                let last = self.lines.line_of(range.end.saturating_sub(1)) + 1;
+                let lines = format!("lines {first}-{last}");
+                ExtraChunk {
+                    label: match &self.opts.path {
+                        Some(path) => format!("{path}::{lines}"),
+                        None => lines,
+                    },
+                    text: self.text[range].to_owned(),
+                }
+            })
+            .collect()
+    }
+
     /// True when `chunk` holds the cursor (a cursor at the very end of the text
     /// belongs to the chunk that ends there).
     fn encloses_cursor(&self, chunk: &Chunk) -> bool {
@@ -592,7 +620,7 @@ impl Request<'_> {
                 .map(|chunk| fingerprint(chunk.text(text)))
                 .collect(),
         );
-        let (prefix_text, extra) = if config.chunks_in_prefix && !selected.is_empty() {
+        let (prefix_text, mut extra) = if config.chunks_in_prefix && !selected.is_empty() {
             // The chunks read as the file's own text above the window, with a blank
             // line wherever text was left out.
             let mut head = join_chunks(text, &selected);
@@ -608,6 +636,7 @@ impl Request<'_> {
         } else {
             (text[prefix.clone()].to_owned(), self.extra(&selected))
         };
+        extra.extend(self.similar(&window));
         let after = prefix_text.chars().count()
             + text[suffix.clone()].chars().count()
             + extra

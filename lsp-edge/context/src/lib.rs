@@ -25,6 +25,7 @@ pub mod position;
 pub mod prompt;
 mod queries;
 pub mod rank;
+mod similar;
 
 pub use config::{EngineConfig, ModelWindows};
 pub use document::Document;

@@ -937,3 +937,51 @@ fn the_enclosing_definition_is_reached_back_to_from_its_start_even_when_split() 
     // Further back than allowed: the window stays.
     assert_eq!(prefix(100), window);
 }
+
+#[test]
+fn fim_sends_code_like_the_cursors_from_outside_the_windows() {
+    let fixture = "\
+def test_parse_header():
+    raw = b\"Host: example.com\"
+    header = parse_header(raw)
+    assert header.name == \"Host\"
+
+def test_unrelated():
+    pass
+
+def test_parse_header_twice():
+    raw = b\"Host: example.com\"
+    header = parse_header(raw)
+    assert header$0
+";
+    let config = EngineConfig {
+        similar_snippets: 1,
+        similar_lines: 2,
+        max_chunks: 0,
+        ..small_config()
+    };
+    let opts = ContextOptions {
+        path: Some("tests/test_parse.py".into()),
+        ..ContextOptions::default()
+    };
+    expect![[r#"
+        mode: fim
+        --- extra: tests/test_parse.py::lines 2-5 ---
+            raw = b"Host: example.com"
+            header = parse_header(raw)
+            assert header.name == "Host"
+
+        --- prefix ---
+        def test_parse_header_twice():
+            raw = b"Host: example.com"
+            header = parse_header(raw)
+            assert header
+        --- suffix ---
+
+        --- stats ---
+        chunks: 3 found, 3 unique, 0 selected
+        chars: 264 before, 238 after, 9.8% reduction
+        time: 0 us
+    "#]]
+    .assert_eq(&render(Language::Python, fixture, config, opts));
+}
