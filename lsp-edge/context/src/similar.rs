@@ -94,20 +94,15 @@ pub(crate) fn similar_snippets(
         }
         // Whole lines off the end while the snippet is too long; the compared
         // lines stay, or the snippet goes.
+        let too_long = |last: usize| {
+            let chars = text[lines.line_start(first)..lines.line_end(last - 1)].chars();
+            chars.count() > limits.max_chars
+        };
         let mut last = end;
-        while last > first + width
-            && text[lines.line_start(first)..lines.line_end(last - 1)]
-                .chars()
-                .count()
-                > limits.max_chars
-        {
+        while last > first + width && too_long(last) {
             last -= 1;
         }
-        if text[lines.line_start(first)..lines.line_end(last - 1)]
-            .chars()
-            .count()
-            > limits.max_chars
-        {
+        if too_long(last) {
             continue;
         }
         picked.push(first..last);
