@@ -477,10 +477,10 @@ impl<'m> Session<'m> {
                 }
             }
             self.admit(shared, model_name);
-            self.fail_lost(
-                shared,
-                EngineError::Internal("llama.cpp lost this request's cache".into()),
-            );
+            if !self.lost.is_empty() {
+                let e = EngineError::Internal("llama.cpp lost this request's cache".into());
+                self.fail_lost(shared, e);
+            }
             self.publish(shared);
             if self.slots.iter().all(|s| s.active.is_none()) {
                 if let Some(leave) = leaving.take() {
