@@ -304,10 +304,11 @@ impl Request<'_> {
         )
     }
 
-    fn label(&self, chunk: &Chunk) -> String {
+    /// An extra file's label: `path::what`, or `what` without a path.
+    fn label(&self, what: &str) -> String {
         match &self.opts.path {
-            Some(path) => format!("{path}::{}", chunk.symbol),
-            None => chunk.symbol.clone(),
+            Some(path) => format!("{path}::{what}"),
+            None => what.to_owned(),
         }
     }
 
@@ -315,7 +316,7 @@ impl Request<'_> {
         chunks
             .iter()
             .map(|chunk| ExtraChunk {
-                label: self.label(chunk),
+                label: self.label(&chunk.symbol),
                 text: chunk.text(self.text).to_owned(),
             })
             .collect()
@@ -336,12 +337,8 @@ impl Request<'_> {
             .map(|range| {
                 let first = self.lines.line_of(range.start) + 1;
                 let last = self.lines.line_of(range.end.saturating_sub(1)) + 1;
-                let lines = format!("lines {first}-{last}");
                 ExtraChunk {
-                    label: match &self.opts.path {
-                        Some(path) => format!("{path}::{lines}"),
-                        None => lines,
-                    },
+                    label: self.label(&format!("lines {first}-{last}")),
                     text: self.text[range].to_owned(),
                 }
             })
