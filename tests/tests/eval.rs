@@ -152,6 +152,21 @@ fn refused(cmd: &mut Command) -> String {
 }
 
 #[test]
+fn eval_refuses_no_cases() {
+    let stderr = refused(eval_command().args(["--list", "--count", "0"]));
+    assert!(stderr.contains("--count"), "{stderr}");
+}
+
+#[test]
+fn eval_fails_when_no_request_reaches_the_backend() {
+    // Nothing listens on port 1: every request fails, and scores of nothing but
+    // errors would read as a model that is always wrong.
+    let stderr = refused(eval_command().args(["--backend", "http://127.0.0.1:1"]));
+    assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
+    assert!(stderr.contains("every request failed"), "{stderr}");
+}
+
+#[test]
 fn eval_refuses_a_hole_of_no_lines() {
     let stderr = refused(eval_command().args(["--list", "--hole-lines", "0"]));
     assert!(stderr.contains("--hole-lines"), "{stderr}");

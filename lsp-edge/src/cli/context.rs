@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use cerebrum_context::{
-    byte_offset_at, extract_instruction, render_text, ContextEngine, ContextOptions, EngineConfig,
-    Language,
+    byte_offset_at, extract_instruction, line_column, render_text, ContextEngine, ContextOptions,
+    EngineConfig, Language,
 };
 
 use crate::config::{Config, Overrides};
@@ -82,7 +82,8 @@ pub fn run(args: ContextArgs) -> anyhow::Result<()> {
     let engine = ContextEngine::new(config).context("cannot build the context engine")?;
 
     let cursor = match args.line {
-        Some(line) => byte_offset_at(&text, line - 1, args.column.unwrap_or(1) - 1),
+        Some(line) => cursor_at(&text, line, args.column.unwrap_or(1))
+            .with_context(|| format!("no such place in {}", args.file.display()))?,
         None if args.instruction.is_some() || extract_instruction(&text).is_some() => 0,
         None => text.len(),
     };
@@ -101,6 +102,25 @@ pub fn run(args: ContextArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The byte offset of 1-based `line` and `column`; a place past the text, or past
+/// its line's end, is an error that says where the text ends.
+fn cursor_at(text: &str, line: usize, column: usize) -> anyhow::Result<usize> {
+    let lines = line_column(text, text.len()).0 + 1;
+    if line > lines {
+        bail!("--line {line} is past the last line ({lines})");
+    }
+    let start = byte_offset_at(text, line - 1, 0);
+    let end = byte_offset_at(text, line - 1, usize::MAX);
+    let chars = text[start..end].chars().count();
+    if column > chars + 1 {
+        bail!(
+            "--column {column} is past the end of line {line}, which has {chars} characters (column {} is its end)",
+            chars + 1
+        );
+    }
+    Ok(byte_offset_at(text, line - 1, column - 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +137,22 @@ mod tests {
             model: None,
             json: false,
         }
+    }
+
+    #[test]
+    fn a_cursor_past_the_text_is_refused_with_where_it_ends() {
+        let text = "ab\ncdé\n";
+        assert_eq!(cursor_at(text, 1, 1).unwrap(), 0);
+        assert_eq!(cursor_at(text, 2, 4).unwrap(), 7);
+        // The empty line after the last line break is a place to type.
+        assert_eq!(cursor_at(text, 3, 1).unwrap(), text.len());
+        let past_line = cursor_at(text, 4, 1).unwrap_err().to_string();
+        assert_eq!(past_line, "--line 4 is past the last line (3)");
+        let past_column = cursor_at(text, 2, 5).unwrap_err().to_string();
+        assert_eq!(
+            past_column,
+            "--column 5 is past the end of line 2, which has 3 characters (column 4 is its end)"
+        );
     }
 
     #[test]

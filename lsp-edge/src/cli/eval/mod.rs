@@ -72,7 +72,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Number of cases.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = parse_count)]
     pub count: usize,
     /// Languages to draw holes from (repeatable). Python and Rust by default, the
     /// set every recorded figure in docs/benchmarks.md was measured on.
@@ -217,6 +217,14 @@ fn load_config(file: Option<&Path>, backend: Option<&String>) -> anyhow::Result<
     Ok(config)
 }
 
+fn parse_count(count: &str) -> Result<usize, String> {
+    match count.parse::<usize>() {
+        Ok(0) => Err("an evaluation needs at least 1 case".into()),
+        Ok(count) => Ok(count),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 fn parse_language(name: &str) -> Result<Language, String> {
     match Language::from_name(name) {
         Language::Other => {
@@ -335,8 +343,9 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
                 ask::answer(&variant.runner, &main_edge, case, &args, max_lines, &label).await;
             if let Some(err) = &outcome.error {
                 consecutive_errors += 1;
+                // `\r` writes over the progress line rather than after it.
                 eprintln!(
-                    "case {i} ({}:{}) {}: {err}",
+                    "\rcase {i} ({}:{}) {}: {err}",
                     case.path, case.line, variant.name
                 );
                 if consecutive_errors >= 5 {
@@ -370,6 +379,11 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
     }
     if !args.verbose {
         eprintln!();
+    }
+    let failed = |result: &CaseResult| result.outcomes.values().all(|o| o.error.is_some());
+    if results.iter().all(failed) {
+        // Scores of nothing but errors would read as a model that is always wrong.
+        anyhow::bail!("every request failed; the errors are above");
     }
     let report = Report {
         seed: args.seed,
