@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tree_sitter::{InputEdit, Parser, Point, Tree};
 
-use crate::{ContextEngine, Language};
+use crate::{ContextEngine, ExtraChunk, Language};
 
 thread_local! {
     /// One parser per language per thread: parsers are cheap to keep and not
@@ -47,6 +47,17 @@ pub struct Document {
     /// head of the prompt (and the KV cache behind them) stay put while the user
     /// types.
     picks: Arc<Mutex<Vec<u64>>>,
+    /// The snippets of code like the cursor's the last completion sent, shared the
+    /// same way and for the same reason.
+    snippets: Arc<Mutex<Option<KeptSnippets>>>,
+}
+
+/// Snippets as a completion sent them, labels included, and the cursor line they
+/// were chosen for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KeptSnippets {
+    pub line: usize,
+    pub snippets: Vec<ExtraChunk>,
 }
 
 impl Document {
@@ -57,6 +68,7 @@ impl Document {
             text,
             tree,
             picks: Arc::default(),
+            snippets: Arc::default(),
         }
     }
 
@@ -69,6 +81,17 @@ impl Document {
 
     pub(crate) fn set_picks(&self, picks: Vec<u64>) {
         *self.picks.lock().unwrap_or_else(PoisonError::into_inner) = picks;
+    }
+
+    pub(crate) fn kept_snippets(&self) -> Option<KeptSnippets> {
+        self.snippets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn keep_snippets(&self, kept: KeptSnippets) {
+        *self.snippets.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
     }
 
     pub fn text(&self) -> &str {

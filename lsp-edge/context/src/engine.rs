@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::chunk::{chunk_text, Chunk, ChunkKind, LineIndex};
 use crate::dedup::fingerprint;
-use crate::document::floor_char_boundary;
+use crate::document::{floor_char_boundary, KeptSnippets};
 use crate::prompt::{instruction_prompt, windows};
 use crate::rank::{identifiers, terms, Bm25};
 use crate::similar::{similar_snippets, SimilarLimits};
@@ -324,7 +324,41 @@ impl Request<'_> {
 
     /// Snippets of code like the cursor's from outside `window`
     /// ([`EngineConfig::similar_snippets`]), labelled with their lines.
+    ///
+    /// They sit at the head of the prompt, so a change costs the whole prompt: the
+    /// document's last snippets (or its choice of none) are sent again, labels
+    /// unchanged, while the cursor stays within `prefix_max_lines` lines of the
+    /// line they were chosen for and each is still in the text outside `window`.
+    /// A new line typed does not change them; a jump, or a snippet edited or
+    /// reached by the windows, does.
     fn similar(&self, window: &Range<usize>) -> Vec<ExtraChunk> {
+        let config = self.config();
+        if config.similar_snippets == 0 {
+            return Vec::new();
+        }
+        let line = self.lines.line_of(self.cursor);
+        if let Some(kept) = self.doc.kept_snippets() {
+            let near = kept.line.abs_diff(line) <= config.prefix_max_lines;
+            let outside = |snippet: &ExtraChunk| {
+                self.text
+                    .match_indices(snippet.text.as_str())
+                    .any(|(start, found)| {
+                        start + found.len() <= window.start || start >= window.end
+                    })
+            };
+            if near && kept.snippets.iter().all(outside) {
+                return kept.snippets;
+            }
+        }
+        let snippets = self.fresh_similar(window);
+        self.doc.keep_snippets(KeptSnippets {
+            line,
+            snippets: snippets.clone(),
+        });
+        snippets
+    }
+
+    fn fresh_similar(&self, window: &Range<usize>) -> Vec<ExtraChunk> {
         let config = self.config();
         let limits = SimilarLimits {
             snippets: config.similar_snippets,

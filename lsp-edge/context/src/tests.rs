@@ -985,3 +985,61 @@ def test_parse_header_twice():
     "#]]
     .assert_eq(&render(Language::Python, fixture, config, opts));
 }
+
+/// The snippets sit at the head of the prompt: a new line typed keeps them, though
+/// the lines above the cursor would now pick others; a cursor far away picks again.
+#[test]
+fn new_lines_keep_the_similar_snippets_until_the_cursor_moves_away() {
+    let filler: String = (0..60).map(|i| format!("x{i} = {i}\n")).collect();
+    let fixture = format!(
+        "\
+def test_parse_header():
+    raw = b\"Host: example.com\"
+    header = parse_header(raw)
+    assert header.name == \"Host\"
+
+def test_read_body():
+    body = read_body(stream)
+    size = len(body)
+    assert size > 0
+
+{filler}
+def test_parse_header_twice():
+    raw = b\"Host: example.com\"
+    header = parse_header(raw)
+    $0
+"
+    );
+    let config = EngineConfig {
+        similar_snippets: 1,
+        similar_lines: 2,
+        max_chunks: 0,
+        prefix_max_lines: 8,
+        window_step_lines: 1,
+        ..small_config()
+    };
+    let engine = ContextEngine::new(config).unwrap();
+    let (text, mut at) = cursor(&fixture);
+    let mut doc = engine.parse(Language::Python, text);
+    let opts = ContextOptions::default();
+    let first = engine.context(&doc, at, &opts).extra;
+    assert_eq!(first.len(), 1);
+    assert!(first[0].text.contains("parse_header(raw)"), "{first:?}");
+
+    let typed = "body = read_body(stream)\n    size = len(body)\n    ";
+    doc.apply_edit(&engine, at..at, typed);
+    at += typed.len();
+    let fresh = engine.context_for_text(Language::Python, doc.text(), at, &opts);
+    assert!(
+        fresh.extra[0].text.contains("read_body"),
+        "{:?}",
+        fresh.extra
+    );
+    assert_eq!(engine.context(&doc, at, &opts).extra, first);
+
+    // Forty lines up, in the filler: chosen afresh.
+    let far = doc.text().find("x30 = 30").unwrap();
+    let fresh = engine.context_for_text(Language::Python, doc.text(), far, &opts);
+    assert_ne!(fresh.extra, first);
+    assert_eq!(engine.context(&doc, far, &opts).extra, fresh.extra);
+}
