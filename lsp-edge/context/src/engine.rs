@@ -330,7 +330,7 @@ impl Request<'_> {
     /// unchanged, while the cursor stays within `prefix_max_lines` lines of the
     /// line they were chosen for and each is still in the text outside `window`.
     /// A new line typed does not change them; a jump, or a snippet edited or
-    /// reached by the windows, does.
+    /// reached by the windows, does. A model allowed none gets none.
     fn similar(&self, window: &Range<usize>) -> Vec<ExtraChunk> {
         let config = self.config();
         if config.similar_snippets == 0 {

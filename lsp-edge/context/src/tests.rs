@@ -1018,6 +1018,14 @@ def test_parse_header_twice():
         window_step_lines: 1,
         ..small_config()
     };
+    let mut config = config;
+    config.models.insert(
+        "no-snippets".into(),
+        crate::ModelWindows {
+            similar_snippets: Some(0),
+            ..crate::ModelWindows::default()
+        },
+    );
     let engine = ContextEngine::new(config).unwrap();
     let (text, mut at) = cursor(&fixture);
     let mut doc = engine.parse(Language::Python, text);
@@ -1036,6 +1044,13 @@ def test_parse_header_twice():
         fresh.extra
     );
     assert_eq!(engine.context(&doc, at, &opts).extra, first);
+
+    // A model allowed none gets none, whatever the document kept.
+    let none = ContextOptions {
+        model: Some("no-snippets".into()),
+        ..ContextOptions::default()
+    };
+    assert_eq!(engine.context(&doc, at, &none).extra, []);
 
     // Forty lines up, in the filler: chosen afresh.
     let far = doc.text().find("x30 = 30").unwrap();
