@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tree_sitter::{InputEdit, Parser, Point, Tree};
 
@@ -42,14 +42,20 @@ pub struct Document {
     pub(crate) language: Language,
     pub(crate) text: String,
     pub(crate) tree: Option<Tree>,
-    /// Fingerprints of the context chunks the last completion chose, shared by the
-    /// document's snapshots: the next one prefers them, so that the chunks at the
-    /// head of the prompt (and the KV cache behind them) stay put while the user
-    /// types.
-    picks: Arc<Mutex<Vec<u64>>>,
-    /// The snippets of code like the cursor's the last completion sent, shared the
-    /// same way and for the same reason.
-    snippets: Arc<Mutex<Option<KeptSnippets>>>,
+    /// What the last completion put at the head of its prompt, shared by the
+    /// document's snapshots: the next one sends it again while it still holds, so
+    /// that the head of the prompt (and the KV cache behind it) stays put while the
+    /// user types.
+    last: Arc<Mutex<LastChoice>>,
+}
+
+/// What a document's last completion chose.
+#[derive(Debug, Default)]
+struct LastChoice {
+    /// Fingerprints of its context chunks.
+    picks: Vec<u64>,
+    /// Its snippets of code like the cursor's.
+    snippets: Option<KeptSnippets>,
 }
 
 /// Snippets as a completion sent them, labels included, and the cursor line they
@@ -67,31 +73,28 @@ impl Document {
             language,
             text,
             tree,
-            picks: Arc::default(),
-            snippets: Arc::default(),
+            last: Arc::default(),
         }
     }
 
+    fn last(&self) -> MutexGuard<'_, LastChoice> {
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn last_picks(&self) -> Vec<u64> {
-        self.picks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.last().picks.clone()
     }
 
     pub(crate) fn set_picks(&self, picks: Vec<u64>) {
-        *self.picks.lock().unwrap_or_else(PoisonError::into_inner) = picks;
+        self.last().picks = picks;
     }
 
     pub(crate) fn kept_snippets(&self) -> Option<KeptSnippets> {
-        self.snippets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.last().snippets.clone()
     }
 
     pub(crate) fn keep_snippets(&self, kept: KeptSnippets) {
-        *self.snippets.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+        self.last().snippets = Some(kept);
     }
 
     pub fn text(&self) -> &str {

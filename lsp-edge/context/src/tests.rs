@@ -1010,7 +1010,7 @@ def test_parse_header_twice():
     $0
 "
     );
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         similar_snippets: 1,
         similar_lines: 2,
         max_chunks: 0,
@@ -1018,7 +1018,6 @@ def test_parse_header_twice():
         window_step_lines: 1,
         ..small_config()
     };
-    let mut config = config;
     config.models.insert(
         "no-snippets".into(),
         crate::ModelWindows {
