@@ -100,6 +100,19 @@ fn eval_scores_the_engine_and_a_plain_window_in_one_run() {
     // The plain window never carries chunks and is the smaller prompt here.
     let window = &scores[1];
     assert_eq!(window["mean_chunks"], 0.0);
+    // It is counted against the engine, case by case.
+    assert!(scores[0].get("versus_first").is_none(), "{}", scores[0]);
+    // Cases where the engine's answer was `engine_right` and the window's was not.
+    let moved = |name: &str, engine_right: bool| {
+        let differ = |case: &&Value| {
+            let outcomes = &case["outcomes"];
+            outcomes["cerebrum"]["exact"] == engine_right && outcomes[name]["exact"] != engine_right
+        };
+        cases.iter().filter(differ).count()
+    };
+    let versus = &window["versus_first"];
+    assert_eq!(versus["won"], moved("window 1200/400", false), "{versus}");
+    assert_eq!(versus["lost"], moved("window 1200/400", true), "{versus}");
 }
 
 #[test]

@@ -35,6 +35,11 @@
 //! Eligible files are `.py` and `.rs` files of `cases::MIN_FILE_BYTES` to
 //! `cases::MAX_FILE_BYTES` that parse without errors.
 //!
+//! Each configuration after the first is also counted against the first, case by
+//! case: the lines it got right that the first missed (won) and the other way round
+//! (lost). Two configurations level in exact match can differ in many answers, and
+//! a change that sends a different prompt only for some holes is judged by those.
+//!
 //! Every configuration's prompt is primed: sent once for one token before the
 //! request that is scored, so each answer comes from the same state of vps-infer's
 //! cache (the prompt in it, its last token evaluated again) whichever configuration
@@ -57,7 +62,7 @@ use serde::Serialize;
 
 use self::ask::Runner;
 use self::cases::{make_cases, HoleShape};
-use self::score::{render_table, score, CaseResult, Report};
+use self::score::{render_table, scores, CaseResult, Report};
 use crate::config::{Config, Overrides};
 use crate::edge::Edge;
 use crate::pipeline::script::Completer;
@@ -385,6 +390,7 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
         // Scores of nothing but errors would read as a model that is always wrong.
         anyhow::bail!("every request failed; the errors are above");
     }
+    let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
     let report = Report {
         seed: args.seed,
         count: cases.len(),
@@ -397,7 +403,7 @@ pub async fn run(mut args: EvalArgs) -> anyhow::Result<()> {
             .map(|s| s.display().to_string())
             .collect(),
         model: args.model.clone(),
-        scores: variants.iter().map(|v| score(&v.name, &results)).collect(),
+        scores: scores(&names, &results),
         cases: results,
     };
     if args.json {

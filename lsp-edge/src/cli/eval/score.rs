@@ -115,6 +115,18 @@ pub struct Score {
     /// With `--block-holes`, the whole answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block: Option<BlockScore>,
+    /// Against the run's first configuration, case by case (`None` for the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versus_first: Option<Versus>,
+}
+
+/// One configuration's first lines against another's on the same cases: how many
+/// it got right that the other missed, and the other way round. Greedy answers
+/// make these exact; the difference of two scores hides how many answers moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Versus {
+    pub won: usize,
+    pub lost: usize,
 }
 
 /// Whole answers against block holes, each a share of the cases (an error is in none
@@ -176,9 +188,35 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Scores each variant, the later ones also against the first.
+pub(super) fn scores(names: &[&str], results: &[CaseResult]) -> Vec<Score> {
+    let mut scores: Vec<Score> = names.iter().map(|name| score(name, results)).collect();
+    if let Some((first, rest)) = names.split_first() {
+        for (score, name) in scores.iter_mut().skip(1).zip(rest) {
+            score.versus_first = Some(versus(name, first, results));
+        }
+    }
+    scores
+}
+
+/// `name`'s exact matches against `other`'s, over the cases both ran (an error is
+/// a miss).
+fn versus(name: &str, other: &str, results: &[CaseResult]) -> Versus {
+    let exact = |result: &CaseResult, name: &str| result.outcomes.get(name).map(|o| o.exact);
+    let pairs = results
+        .iter()
+        .filter_map(|r| Some((exact(r, name)?, exact(r, other)?)));
+    let (won, lost) = pairs.fold((0, 0), |(won, lost), pair| match pair {
+        (true, false) => (won + 1, lost),
+        (false, true) => (won, lost + 1),
+        _ => (won, lost),
+    });
+    Versus { won, lost }
+}
+
 /// Scores one variant. Exact match and similarity count an error as a miss; the
 /// means of tokens and time are over the cases that ran.
-pub(super) fn score(name: &str, results: &[CaseResult]) -> Score {
+fn score(name: &str, results: &[CaseResult]) -> Score {
     let outcomes: Vec<(&Case, &Outcome)> = results
         .iter()
         .filter_map(|r| r.outcomes.get(name).map(|o| (&r.case, o)))
@@ -221,6 +259,7 @@ pub(super) fn score(name: &str, results: &[CaseResult]) -> Score {
         mean_chunks: mean(ok().map(|(_, o)| o.chunks as f64)),
         by_language,
         block: block_score(&outcomes),
+        versus_first: None,
     }
 }
 
@@ -270,12 +309,13 @@ pub fn render_table(report: &Report) -> String {
         (None, n) => format!(", holes of {n} lines"),
     };
     let mut out = format!(
-        "{} cases (seed {}{holes}), model {}\n{:<24} {:>6} {:>9} {:>10} {:>9} {:>8} {:>7} {:>6}\n",
+        "{} cases (seed {}{holes}), model {}\n{:<24} {:>6} {:>9} {:>9} {:>10} {:>9} {:>8} {:>7} {:>6}\n",
         report.count,
         report.seed,
         report.model.as_deref().unwrap_or("(vps-infer's default)"),
         "variant",
         "EM",
+        "won/lost",
         "edit sim",
         "prompt tok",
         "cached",
@@ -287,10 +327,14 @@ pub fn render_table(report: &Report) -> String {
         let cached = s
             .mean_cached_tokens
             .map_or_else(|| "-".to_owned(), |t| format!("{t:.0}"));
+        let versus = s
+            .versus_first
+            .map_or_else(|| "-".to_owned(), |v| format!("+{}/-{}", v.won, v.lost));
         out.push_str(&format!(
-            "{:<24} {:>6.3} {:>9.3} {:>10.0} {:>9} {:>8.0} {:>7.2} {:>6}\n",
+            "{:<24} {:>6.3} {:>9} {:>9.3} {:>10.0} {:>9} {:>8.0} {:>7.2} {:>6}\n",
             s.name,
             s.exact_match,
+            versus,
             s.edit_similarity,
             s.mean_prompt_tokens,
             cached,
@@ -383,6 +427,63 @@ mod tests {
         );
         assert_eq!((long.exact, long.lines, long.right_lines), (false, 4, 1));
         assert_eq!(BlockOutcome::new("", expected, "eos").lines, 0);
+    }
+
+    #[test]
+    fn later_variants_are_counted_against_the_first_case_by_case() {
+        let outcome = |exact: bool| Outcome {
+            text: String::new(),
+            exact,
+            similarity: 0.0,
+            prompt_tokens: 1,
+            cached_tokens: None,
+            ms: 1.0,
+            chunks: 0,
+            block: None,
+            error: None,
+        };
+        // Both score 2 of 4, but "b" moved two answers each way.
+        let answers = [(true, false), (true, true), (false, true), (false, false)];
+        let results: Vec<CaseResult> = answers
+            .iter()
+            .enumerate()
+            .map(|(id, &(a, b))| CaseResult {
+                case: Case {
+                    id,
+                    path: format!("p{id}.py"),
+                    language: "python",
+                    line: 1,
+                    expected: "x".into(),
+                    expected_block: None,
+                    prompt: String::new(),
+                    suffix: String::new(),
+                },
+                outcomes: BTreeMap::from([
+                    ("a".to_owned(), outcome(a)),
+                    ("b".to_owned(), outcome(b)),
+                ]),
+            })
+            .collect();
+        let both = scores(&["a", "b"], &results);
+        assert_eq!(both[0].versus_first, None);
+        assert_eq!(both[1].versus_first, Some(Versus { won: 1, lost: 1 }));
+        assert_eq!(both[0].exact_match, both[1].exact_match);
+        let reversed = scores(&["b", "a"], &results);
+        assert_eq!(reversed[1].versus_first, Some(Versus { won: 1, lost: 1 }));
+        let mut changed = results.clone();
+        changed[3].outcomes.insert("b".to_owned(), outcome(true));
+        let table = render_table(&Report {
+            seed: 1,
+            count: 4,
+            hole_lines: 1,
+            block_max_lines: None,
+            whole_line: false,
+            sources: Vec::new(),
+            model: None,
+            scores: scores(&["a", "b"], &changed),
+            cases: changed,
+        });
+        assert!(table.contains("+2/-1"), "{table}");
     }
 
     #[test]
