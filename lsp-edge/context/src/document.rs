@@ -60,7 +60,7 @@ struct LastChoice {
 
 /// Snippets as a completion sent them, labels included, and the cursor line they
 /// were chosen for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct KeptSnippets {
     pub line: usize,
     pub snippets: Vec<ExtraChunk>,

@@ -202,7 +202,7 @@ pub(super) fn scores(names: &[&str], results: &[CaseResult]) -> Vec<Score> {
 /// `name`'s exact matches against `other`'s, over the cases both ran (an error is
 /// a miss).
 fn versus(name: &str, other: &str, results: &[CaseResult]) -> Versus {
-    let exact = |result: &CaseResult, name: &str| result.outcomes.get(name).map(|o| o.exact);
+    let exact = |result: &CaseResult, variant: &str| result.outcomes.get(variant).map(|o| o.exact);
     let pairs = results
         .iter()
         .filter_map(|r| Some((exact(r, name)?, exact(r, other)?)));
