@@ -70,6 +70,11 @@ pub struct EngineConfig {
     pub similar_min_score: f32,
     /// Most characters of one snippet.
     pub similar_max_chars: usize,
+    /// How many lines the cursor may move from where a document's snippets were
+    /// chosen before they are chosen again (0: on every new line); `prefix_max_lines`
+    /// when not set. Snippets sit at the head of the prompt, so choosing them again
+    /// can cost the whole prompt's cache.
+    pub similar_keep_lines: Option<usize>,
     /// Selected chunks go at the head of the prefix, in document order, as the
     /// file's own text, instead of as separate `<|file_sep|>` files.
     pub chunks_in_prefix: bool,
@@ -153,6 +158,7 @@ impl Default for EngineConfig {
             similar_lines: 5,
             similar_min_score: 0.3,
             similar_max_chars: 600,
+            similar_keep_lines: None,
             chunks_in_prefix: false,
             proximity_weight: 0.0,
             frame_boost: 0.0,

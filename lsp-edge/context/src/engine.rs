@@ -327,7 +327,7 @@ impl Request<'_> {
     ///
     /// They sit at the head of the prompt, so a change costs the whole prompt: the
     /// document's last snippets (or its choice of none) are sent again, labels
-    /// unchanged, while the cursor stays within `prefix_max_lines` lines of the
+    /// unchanged, while the cursor stays within `similar_keep_lines` lines of the
     /// line they were chosen for and each is still in the text outside `window`.
     /// A new line typed does not change them; a jump, or a snippet edited or
     /// reached by the windows, does. A model allowed none gets none.
@@ -338,7 +338,8 @@ impl Request<'_> {
         }
         let line = self.lines.line_of(self.cursor);
         if let Some(kept) = self.doc.kept_snippets() {
-            let near = kept.line.abs_diff(line) <= config.prefix_max_lines;
+            let keep_lines = config.similar_keep_lines.unwrap_or(config.prefix_max_lines);
+            let near = kept.line.abs_diff(line) <= keep_lines;
             let outside = |snippet: &ExtraChunk| {
                 self.text
                     .match_indices(snippet.text.as_str())

@@ -1025,7 +1025,7 @@ def test_parse_header_twice():
             ..crate::ModelWindows::default()
         },
     );
-    let engine = ContextEngine::new(config).unwrap();
+    let engine = ContextEngine::new(config.clone()).unwrap();
     let (text, mut at) = cursor(&fixture);
     let mut doc = engine.parse(Language::Python, text);
     let opts = ContextOptions::default();
@@ -1056,4 +1056,17 @@ def test_parse_header_twice():
     let fresh = engine.context_for_text(Language::Python, doc.text(), far, &opts);
     assert_ne!(fresh.extra, first);
     assert_eq!(engine.context(&doc, far, &opts).extra, fresh.extra);
+
+    // Kept for no lines (`similar_keep_lines = 0`): a new line chooses them again.
+    let eager = ContextEngine::new(EngineConfig {
+        similar_keep_lines: Some(0),
+        ..config
+    })
+    .unwrap();
+    let (text, at) = cursor(&fixture);
+    let mut doc = eager.parse(Language::Python, text);
+    assert_eq!(eager.context(&doc, at, &opts).extra, first);
+    doc.apply_edit(&eager, at..at, typed);
+    let below = eager.context(&doc, at + typed.len(), &opts).extra;
+    assert!(below[0].text.contains("read_body"), "{below:?}");
 }

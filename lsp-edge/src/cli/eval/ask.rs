@@ -97,9 +97,13 @@ async fn run_engine(
         prompt: prompt.to_owned(),
         suffix: Some(suffix.to_owned()),
         language: Language::from_name(case.language),
-        // No path: each case stands alone (a kept document would carry one case's
-        // chosen chunks into the next case from the same file).
-        path: None,
+        // Each case stands alone: without `--after-enter` it names no document; with
+        // it, a document of its own (a path shared by cases from one file would
+        // carry one case's choices into the next), which the engine keeps between
+        // the two requests as it does an editor's.
+        path: args
+            .after_enter
+            .then(|| format!("case-{}/{}", case.id, case.path)),
         instruction: None,
         model: args.model.clone(),
         max_tokens,
@@ -107,7 +111,7 @@ async fn run_engine(
         stop: args.stop(),
     };
     if args.after_enter {
-        let (before, _) = before_enter(case);
+        let (before, _) = before_enter(case, args.written_lines.into());
         let earlier = request(before, &case.suffix, 1);
         let prepared = completer.prepare(earlier, Instant::now()).await?;
         completer.start(prepared).await?.collect().await?;

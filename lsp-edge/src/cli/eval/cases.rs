@@ -310,8 +310,15 @@ fn below_hole(after: &str, lines: usize) -> &str {
 /// of the line above, about to press Enter: the case's prompt less its last line break
 /// and indentation. The suffix is the same (it starts with the hole line's own break).
 /// Also returns what Enter typed.
-pub fn before_enter(case: &Case) -> (&str, &str) {
-    let at = case.prompt.rfind('\n').unwrap_or(0);
+///
+/// With `written` above 0, the user was that many lines further up, and those lines
+/// are among what was typed since (all of the prompt, when it has no more lines).
+pub fn before_enter(case: &Case, written: usize) -> (&str, &str) {
+    let at = case
+        .prompt
+        .rmatch_indices('\n')
+        .nth(written)
+        .map_or(0, |(at, _)| at);
     case.prompt.split_at(at)
 }
 
@@ -408,11 +415,20 @@ mod tests {
                 body
             );
             // A keystroke earlier the hole's line was not there yet.
-            let (before, typed) = before_enter(case);
+            let (before, typed) = before_enter(case, 0);
             assert!(["\n", "\n    "].contains(&typed), "{typed:?}");
             let mut lines: Vec<&str> = body.split_inclusive('\n').collect();
             lines.remove(case.line - 1);
             assert_eq!(format!("{before}{}", case.suffix), lines.concat());
+            // A line earlier, the line above was not there either.
+            let (before, typed) = before_enter(case, 1);
+            assert_eq!(format!("{before}{typed}"), case.prompt);
+            if case.line > 1 {
+                lines.remove(case.line - 2);
+                assert_eq!(format!("{before}{}", case.suffix), lines.concat());
+            } else {
+                assert_eq!(before, "");
+            }
         }
     }
 

@@ -98,8 +98,22 @@ pub struct EvalArgs {
     /// was a keystroke before (the cursor at the end of the line above, the hole's
     /// line not there yet), then the case, so that the backend's cache holds the
     /// earlier prompt. Measures what cache reuse does to answers; engine runs only.
+    /// Both requests name a document of the case's own (`case-ID/PATH`), so the
+    /// engine keeps what it chose for the first (the snippets of code like the
+    /// cursor's) as it does for an editor's document.
     #[arg(long)]
     pub after_enter: bool,
+    /// With `--after-enter`, the first request is asked this many lines further up:
+    /// the cursor at the end of the line above the LINES lines over the hole, those
+    /// lines not written yet, as when they and the hole's line were typed since.
+    /// Shows what choices the engine keeps while lines are written cost in answers.
+    #[arg(
+        long,
+        default_value_t = 0,
+        requires = "after_enter",
+        value_name = "LINES"
+    )]
+    pub written_lines: u16,
     /// Take out this many lines at each hole: its own and the ones below it, as when
     /// new code is written and the text after the cursor does not follow the line
     /// being written. The answer's first line is scored against the hole's line as
