@@ -192,6 +192,12 @@ fn eval_refuses_block_holes_with_a_line_count() {
 }
 
 #[test]
+fn eval_refuses_written_lines_without_after_enter() {
+    let stderr = refused(eval_command().args(["--list", "--written-lines", "3"]));
+    assert!(stderr.contains("--after-enter"), "{stderr}");
+}
+
+#[test]
 fn eval_scores_whole_answers_on_block_holes() {
     let report = run_eval(&[
         "--block-holes",
