@@ -93,17 +93,18 @@ async fn run_engine(
     args: &EvalArgs,
     max_lines: usize,
 ) -> anyhow::Result<Outcome> {
+    // Each case stands alone: without `--after-enter` it names no document; with it,
+    // a document of its own (a path shared by cases from one file would carry one
+    // case's choices into the next), which the engine keeps between the two requests
+    // as it does an editor's.
+    let document = args
+        .after_enter
+        .then(|| format!("case-{}/{}", case.id, case.path));
     let request = |prompt: &str, suffix: &str, max_tokens| CompletionRequest {
         prompt: prompt.to_owned(),
         suffix: Some(suffix.to_owned()),
         language: Language::from_name(case.language),
-        // Each case stands alone: without `--after-enter` it names no document; with
-        // it, a document of its own (a path shared by cases from one file would
-        // carry one case's choices into the next), which the engine keeps between
-        // the two requests as it does an editor's.
-        path: args
-            .after_enter
-            .then(|| format!("case-{}/{}", case.id, case.path)),
+        path: document.clone(),
         instruction: None,
         model: args.model.clone(),
         max_tokens,
